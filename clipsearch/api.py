@@ -1,0 +1,245 @@
+"""The importable surface: `Index` creates/opens an index folder, adds images, searches.
+
+    from clipsearch import Index
+    index = Index.create("photos", model="ViT-B-32")
+    index.add_folder("~/Pictures")
+    for hit in index.search("a dog in the snow", k=5):
+        print(hit.score, hit.uri)
+
+The CLI and the TUI are thin shells over this class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from . import ann
+from .encoder import Encoder, ModelSpec
+from .errors import ClipsearchError
+from .indexer import SyncStats, sync_items
+from .search import Hit, check_k, embed_query, parse_query, top_k_exact
+from .sources.annotations import annotate_folder_items
+from .sources.datasets import dataset_items
+from .sources.folder import scan_folder
+from .sources.items import Item
+from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, vectors_of
+
+FAISS_FILE = "images.faiss"
+ACTIVE = "deleted = false"
+
+
+def _and(*clauses: str | None) -> str:
+    return " AND ".join(f"({c})" for c in clauses if c)
+
+
+class Index:
+    """One index folder: LanceDB tables + FAISS file + manifest."""
+
+    def __init__(self, store: Store, encoder: Encoder | None = None):
+        self.store = store
+        self.manifest = store.read_manifest()
+        self.spec = ModelSpec.from_dict(self.manifest["model"])
+        self._encoder = encoder
+        self._ann: faiss.Index | None = None
+        self.problems: list[str] = []  # what the last add_* could not read in annotation files
+
+    # -- opening ---------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, name: str, root: Path | None = None, model: str | None = None, pretrained: str | None = None,
+        encoder: Encoder | None = None,
+    ) -> "Index":
+        """A new empty index (an existing one with the same model is opened instead)."""
+        path = Store.folder(name, root)
+        spec = encoder.spec if encoder else ModelSpec.resolve(model, pretrained)
+        if Store.exists(path):
+            index = cls.open(name, root, encoder=encoder)
+            index.check_model(spec)
+            return index
+        encoder = encoder or Encoder(spec)
+        manifest = {
+            "name": name, "model": spec.to_dict(), "model_id": spec.identity(), "dim": encoder.dim,
+            "preprocessing": encoder.preprocessing(), "ann": None, "counts": {}, "sources": [],
+        }
+        return cls(Store.create(path, manifest), encoder)
+
+    @classmethod
+    def open(cls, name: str, root: Path | None = None, encoder: Encoder | None = None) -> "Index":
+        path = Store.folder(name, root)
+        if not Store.exists(path):
+            raise ClipsearchError(f"unknown index '{name}' in {path.parent} (see 'clipsearch list')")
+        index = cls(Store.open(path))
+        if encoder is not None:
+            index.check_model(encoder.spec)
+            index._encoder = encoder
+        return index
+
+    @property
+    def name(self) -> str:
+        return self.store.path.name
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """Vectors of different models live in different spaces: refuse to mix them."""
+        if spec.identity() != self.spec.identity():
+            raise ClipsearchError(
+                f"index '{self.name}' was built with {self.spec.identity()}, not {spec.identity()}; "
+                f"query it with its own model (omit --model/--pretrained) or build a new index"
+            )
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(self.spec)
+        return self._encoder
+
+    # -- adding images -----------------------------------------------------------
+    def add_items(self, items: Sequence[Item], source: str, *, batch_size: int = 64, workers: int | None = None,
+                  progress: bool = True, prune: bool = False, mark_missing: bool = True) -> SyncStats:
+        """Add or update `items`, encoding only what changed; with `mark_missing`, rows of
+        `source` absent from `items` are marked deleted (a folder scan sees every file)."""
+        with self.store.writer_lock():
+            stats = sync_items(self.store, self.encoder, items, source, batch_size=batch_size, workers=workers,
+                               show_progress=progress, mark_missing=mark_missing)
+            sources = sorted(set(self.manifest.get("sources", [])) | {source})
+            self.manifest = self.store.update_manifest(sources=sources)
+            if prune:
+                self._prune()
+            self.store.compact()
+            self.rebuild_ann()
+        return stats
+
+    def add_folder(self, folder: str | Path, exclude: Sequence[str] = (), captions: str | Path | None = None,
+                   **kwargs: Any) -> SyncStats:
+        """Index every image under `folder` (captions/labels from a sidecar file when present)."""
+        folder = Path(folder).expanduser()
+        items = scan_folder(folder, exclude)
+        source = str(folder.resolve())
+        others = [s for s in self.manifest.get("sources", []) if s.startswith("/") and s != source]
+        if others:
+            raise ClipsearchError(f"index '{self.name}' already holds folder {others[0]}; use another --name for {source}")
+        self.problems = annotate_folder_items(folder.resolve(), items, Path(captions) if captions else None)
+        return self.add_items(items, source, **kwargs)
+
+    def add_dataset(self, name: str, split: str = "test", data_dir: str | Path | None = None,
+                    captions: str | Path | None = None, **kwargs: Any) -> SyncStats:
+        """Index a named dataset's split (cifar10, cifar100, ...), downloading it when possible."""
+        items, self.problems = dataset_items(name, split, Path(data_dir).expanduser() if data_dir else None,
+                                             Path(captions).expanduser() if captions else None)
+        return self.add_items(items, name, mark_missing=False, **kwargs)
+
+    def prune(self) -> int:
+        """Remove rows marked deleted (files gone from disk) for good."""
+        with self.store.writer_lock():
+            removed = self._prune()
+            self.store.compact()
+            self.rebuild_ann()
+        return removed
+
+    def _prune(self) -> int:
+        gone = self.store.scan(IMAGES, ["id"], "deleted = true").column("id").to_pylist()
+        if gone:
+            self.store.delete(CAPTIONS, sql_in("image_id", gone))
+            self.store.delete(IMAGES, "deleted = true")
+        return len(gone)
+
+    # -- the FAISS index ---------------------------------------------------------
+    @property
+    def faiss_path(self) -> Path:
+        return self.store.path / FAISS_FILE
+
+    def rebuild_ann(self) -> faiss.Index:
+        """Build the FAISS file from the table (the source of truth) and record its version."""
+        table = self.store.scan(IMAGES, ["key", "vector"], ACTIVE)
+        index, info = ann.build(table.column("key").to_numpy(), vectors_of(table)) if table.num_rows else (
+            faiss.IndexIDMap2(faiss.IndexFlatIP(int(self.manifest["dim"]))), ann.AnnInfo("flat", "IDMap2,Flat", 0, 1.0))
+        ann.save(index, self.faiss_path)
+        self._ann = index
+        self.manifest = self.store.update_manifest(
+            ann={**info.to_dict(), "file": FAISS_FILE, "table_version": self.store.version()}, counts=self.counts()
+        )
+        return index
+
+    def annotations_changed(self) -> None:
+        """After writing label columns only: the vectors, hence the FAISS file, are still current."""
+        ann_info = dict(self.manifest["ann"] or {})
+        if ann_info.get("table_version") is not None:
+            ann_info["table_version"] = self.store.version()
+        self.manifest = self.store.update_manifest(ann=ann_info, counts=self.counts())
+
+    @property
+    def ann_index(self) -> faiss.Index:
+        """The FAISS index, rebuilt when it is missing or was built from another table version."""
+        if self._ann is None:
+            info = self.manifest.get("ann") or {}
+            if self.faiss_path.is_file() and info.get("table_version") == self.store.version():
+                self._ann = ann.load(self.faiss_path)
+            else:
+                self._ann = self.rebuild_ann()
+        return self._ann
+
+    # -- reading -----------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return {
+            "images": self.store.count(IMAGES, ACTIVE),
+            "deleted": self.store.count(IMAGES, "deleted = true"),
+            "skipped": self.store.count(SKIPPED),
+            "captions": self.store.count(CAPTIONS),
+        }
+
+    def rows(self, where: str | None = None, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
+        return self.store.scan(IMAGES, columns, where if include_deleted else _and(where, ACTIVE))
+
+    def vectors(self, where: str | None = None) -> tuple[list[str], np.ndarray]:
+        """(ids, unit vectors) of the live rows matching a filter, in table order."""
+        table = self.rows(where, ["id", "vector"])
+        return table.column("id").to_pylist(), vectors_of(table)
+
+    def skipped(self) -> list[dict[str, Any]]:
+        return self.store.scan(SKIPPED).to_pylist()
+
+    def info(self) -> dict[str, Any]:
+        faiss_bytes = self.faiss_path.stat().st_size if self.faiss_path.is_file() else 0
+        return {
+            "name": self.name, "path": str(self.store.path), "model": self.spec.to_dict(), "model_id": self.spec.identity(),
+            "dim": self.manifest["dim"], "preprocessing": self.manifest.get("preprocessing"), "counts": self.counts(),
+            "ann": self.manifest.get("ann"), "sources": self.manifest.get("sources", []),
+            "table_version": self.store.version(), "disk_bytes": self.store.disk_bytes(), "faiss_bytes": faiss_bytes,
+            "created": self.manifest.get("created"), "updated": self.manifest.get("updated"),
+        }
+
+    # -- searching ----------------------------------------------------------------
+    def query_vector(self, query: str | Sequence[str] | None = None, image: Any = None) -> np.ndarray:
+        images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
+        return embed_query(self.encoder, parse_query(query, images))
+
+    def search(
+        self, query: str | Sequence[str] | None = None, *, image: str | Path | Image.Image | Sequence[Any] | None = None,
+        vector: np.ndarray | None = None, k: int = 10, where: str | None = None, threshold: float | None = None,
+    ) -> list[Hit]:
+        """Nearest images to a text/image query (weighted `+`/`-` terms) or a given unit vector."""
+        check_k(k)
+        query_vector = self.query_vector(query, image) if vector is None else np.asarray(vector, np.float32)
+        index = self.ann_index
+        if where:
+            allowed = self.rows(where, ["key", "vector"] if not ann.is_exact(index) else ["key"])
+            keys_allowed = allowed.column("key").to_numpy()
+            if ann.is_exact(index):
+                scores, keys = ann.search(index, query_vector[None, :], k, allowed_keys=keys_allowed)
+                scores, keys = scores[0], keys[0]
+            else:
+                scores, keys = top_k_exact(query_vector, keys_allowed, vectors_of(allowed), k)
+        else:
+            scores, keys = ann.search(index, query_vector[None, :], k)
+            scores, keys = scores[0], keys[0]
+        found = [(float(s), int(key)) for s, key in zip(scores, keys) if key >= 0 and (threshold is None or s >= threshold)]
+        if not found:
+            return []
+        columns = [f.name for f in self.store.images.schema if f.name != "vector"]
+        rows = {row["key"]: row for row in self.store.scan(IMAGES, columns, sql_in("key", [key for _, key in found])).to_pylist()}
+        return [Hit(rank, score, rows[key]) for rank, (score, key) in enumerate(found, 1) if key in rows]

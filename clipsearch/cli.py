@@ -1,0 +1,238 @@
+"""The `clipsearch` command: parse arguments, call the API, render results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ClipsearchError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Index images with CLIP embeddings; search, classify, train and evaluate.",
+)
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate an index: zero-shot accuracy, retrieval recall@k, comparisons.")
+app.add_typer(eval_app, name="eval")
+out = Console()
+err = Console(stderr=True)
+
+RootOpt = typer.Option(None, "--root", help="Index root folder (default: $CLIPSEARCH_HOME or ./indexes).")
+ModelOpt = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-B-32, RN50, mini, tiny.")
+PretrainedOpt = typer.Option(None, "--pretrained", help="Pretrained tag, checkpoint path, or 'none' (random, for tests).")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _open_index(name: str, root: Optional[Path], model: Optional[str] = None, pretrained: Optional[str] = None):
+    from .api import Index
+    from .encoder import ModelSpec
+
+    index = Index.open(name, root)
+    if model or pretrained:
+        index.check_model(ModelSpec.resolve(model or index.spec.arch, pretrained))
+    return index
+
+
+# -- index -------------------------------------------------------------------
+@app.command("index")
+def index_cmd(
+    path: str = typer.Argument(..., help="Image folder (or a dataset name: cifar10, cifar100, flickr8k, flickr30k, coco)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Index name (default: the folder's name)."),
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1, at most 4)."),
+    exclude: List[str] = typer.Option([], "--exclude", help="Glob of files or folders to leave out (repeatable)."),
+    prune: bool = typer.Option(False, "--prune", help="Remove rows of deleted files for good."),
+    split: str = typer.Option("test", "--split", help="Dataset split: train, val, test or all (datasets only)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where a dataset's archive or files are (datasets only)."),
+    captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (JSONL/CSV/Flickr8k token file) for the images."),
+    root: Optional[Path] = RootOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Index an image folder (encodes only new or changed files) or a named dataset."""
+    from .api import Index
+    from .sources.datasets import DATASETS, is_dataset
+
+    folder = Path(path).expanduser()
+    options = dict(batch_size=batch_size, workers=workers, progress=not as_json, prune=prune)
+    if folder.is_dir() or not is_dataset(path):
+        if not folder.is_dir():
+            raise ClipsearchError(f"folder not found: {path} (or name a dataset: {', '.join(DATASETS)})")
+        index = Index.create(name or folder.resolve().name, root, model=model, pretrained=pretrained)
+        stats = index.add_folder(folder, exclude=exclude, captions=captions, **options)
+    else:
+        index = Index.create(name or path, root, model=model, pretrained=pretrained)
+        stats = index.add_dataset(path, split=split, data_dir=data_dir, captions=captions, **options)
+    for problem in index.problems[:20]:
+        err.print(f"warning: {problem}", highlight=False, soft_wrap=True)
+    if len(index.problems) > 20:
+        err.print(f"warning: ... and {len(index.problems) - 20} more problems in the annotation files")
+    if as_json:
+        out.print_json(json.dumps({**stats.to_dict(), "index": index.name, "skipped_files": stats.skipped_reasons}))
+        return
+    _print_sync(index, stats)
+
+
+def _print_sync(index: Any, stats: Any) -> None:
+    table = Table(title=f"index '{index.name}'")
+    for column in ("new", "updated", "unchanged", "moved", "deleted", "skipped", "seconds", "images/s"):
+        table.add_column(column, justify="right")
+    s = stats
+    table.add_row(*(str(v) for v in (s.new, s.updated, s.unchanged, s.moved, s.deleted, s.skipped)), f"{s.seconds:.1f}", f"{s.images_per_s:.1f}")
+    out.print(table)
+    for image_id, reason in stats.skipped_reasons[:20]:
+        out.print(f"  skipped {image_id}: {reason}", highlight=False)
+    if len(stats.skipped_reasons) > 20:
+        out.print(f"  ... and {len(stats.skipped_reasons) - 20} more (clipsearch info {index.name} --skipped)")
+
+
+# -- search ------------------------------------------------------------------
+@app.command("search")
+def search_cmd(
+    name: str = typer.Argument(..., help="Index name."),
+    query: Optional[List[str]] = typer.Argument(None, help='Text and/or image paths, joined by + and -, e.g. "a dog" + "2:snow" - grass.'),
+    image: List[Path] = typer.Option([], "--image", help="Query image (repeatable; added to the query)."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
+    where: Optional[str] = typer.Option(None, "--where", help="LanceDB SQL filter, e.g. \"split = 'test'\"."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Drop hits with a cosine score below this."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+    paths: bool = typer.Option(False, "--paths", help="Print one path per line."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact-sheet PNG of the hits."),
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    root: Optional[Path] = RootOpt,
+) -> None:
+    """Search an index by text, image, or a weighted combination."""
+    from .search import check_k
+
+    check_k(k)
+    if as_json and paths:
+        raise ClipsearchError("choose one of --json and --paths")
+    index = _open_index(name, root, model, pretrained)
+    hits = index.search(query, image=list(image) or None, k=k, where=where, threshold=threshold)
+    if grid:
+        from .report import contact_sheet
+        from .sources.images import open_uri
+
+        contact_sheet([open_uri(h.uri) for h in hits], [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits], grid, title=" ".join(query or []))
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in hits], default=str))
+    elif paths:
+        for hit in hits:
+            print(hit.uri)
+    else:
+        print_hits(index, hits, f"{len(hits)} results in '{index.name}'")
+    if grid:
+        err.print(f"contact sheet: {grid}")
+
+
+def print_hits(index: Any, hits: list, title: str) -> None:
+    """The results table: rank, score, path (or dataset id), size, label."""
+    table = Table(title=title)
+    for column, justify in (("rank", "right"), ("score", "right"), ("path", "left"), ("size", "right"), ("label", "left")):
+        table.add_column(column, justify=justify)
+    for hit in hits:
+        row = hit.row
+        size = f"{row['width']}x{row['height']}" if row.get("width") else ""
+        label = row.get("label_name") or row.get("zs_label") or ""
+        where = row["uri"] if row["source"] and row["uri"].startswith(row["source"]) else row["id"]
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", where, size, label)
+    out.print(table)
+
+
+# -- list / info / remove --------------------------------------------------------
+@app.command("list")
+def list_cmd(root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the indexes under the root."""
+    from .api import Index
+    from .store import Store
+
+    infos = []
+    for path in Store.list_indexes(root):
+        index = Index.open(path.name, path.parent)
+        infos.append({"name": path.name, "model": index.spec.identity(), "images": index.counts()["images"], "updated": index.manifest.get("updated")})
+    if as_json:
+        out.print_json(json.dumps(infos))
+        return
+    table = Table(title=f"{len(infos)} indexes")
+    for column in ("name", "model", "images", "updated"):
+        table.add_column(column)
+    for info in infos:
+        table.add_row(info["name"], info["model"], str(info["images"]), str(info["updated"]))
+    out.print(table)
+
+
+@app.command("info")
+def info_cmd(
+    name: str, root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False, "--json"),
+    skipped: bool = typer.Option(False, "--skipped", help="Also list files that could not be read."),
+) -> None:
+    """Model, counts, index type, sizes on disk, last update."""
+    index = _open_index(name, root)
+    info = index.info()
+    if skipped:
+        info["skipped_files"] = [{"id": r["id"], "reason": r["reason"]} for r in index.skipped()]
+    if as_json:
+        out.print_json(json.dumps(info, default=str))
+        return
+    table = Table(title=f"index '{name}'", show_header=False)
+    ann = info["ann"] or {}
+    for key, value in (
+        ("path", info["path"]), ("model", info["model_id"]), ("dim", info["dim"]),
+        *((k, v) for k, v in info["counts"].items()),
+        ("faiss", f"{ann.get('kind')} ({ann.get('factory')}), recall@10 {ann.get('recall@10')}"),
+        ("disk", _fmt_bytes(info["disk_bytes"])), ("sources", ", ".join(info["sources"])),
+        ("created", info["created"]), ("updated", info["updated"]),
+    ):
+        table.add_row(str(key), str(value))
+    out.print(table)
+    for row in info.get("skipped_files", []):
+        out.print(f"  skipped {row['id']}: {row['reason']}", highlight=False)
+
+
+@app.command("remove")
+def remove_cmd(name: str, root: Optional[Path] = RootOpt) -> None:
+    """Delete an index folder."""
+    from .store import Store
+
+    Store.remove(Store.folder(name, root))
+    out.print(f"removed index '{name}'")
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"warning: {message}", highlight=False, soft_wrap=True)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 1."""
+    warnings.showwarning = _one_line_warnings
+    logging.basicConfig(level=logging.ERROR)  # open_clip logs routine notices at WARNING
+    try:
+        app(args=argv, prog_name="clipsearch")
+    except ClipsearchError as error:
+        err.print(f"error: {error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted: what was written so far is kept; run the same command again to resume")
+        sys.exit(130)
+
+
+# Command groups live in clipsearch/commands/; importing them registers them on `app`.
+from .commands import register_all  # noqa: E402
+
+register_all()

@@ -1,0 +1,230 @@
+"""The model layer: an open_clip model, its preprocessing and tokenizer.
+
+A model is named by a `ModelSpec`: an open_clip architecture plus either a
+pretrained tag (downloaded by open_clip into the Hugging Face cache), a local
+checkpoint file, or ``none`` (random weights from a fixed seed, so an index
+built with it can be queried from another process). Embeddings are always
+L2-normalised float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from .errors import ClipsearchError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARCH = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+RANDOM_INIT = "none"
+RANDOM_INIT_SEED = 0
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+# Our shipped architectures ("tiny", "mini") become ordinary open_clip names.
+open_clip.add_model_config(_CONFIG_DIR)
+
+
+def shipped_architectures() -> list[str]:
+    return sorted(p.stem for p in _CONFIG_DIR.glob("*.json"))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What produced a vector: architecture + weights. Stored in every manifest."""
+
+    arch: str = DEFAULT_ARCH
+    pretrained: str = DEFAULT_PRETRAINED  # a tag, a checkpoint path, or "none"
+    checkpoint_sha256: str | None = None  # set for checkpoint files
+
+    @classmethod
+    def resolve(cls, arch: str | None, pretrained: str | None) -> "ModelSpec":
+        """Validate names and pin a checkpoint file by its content hash."""
+        arch = arch or DEFAULT_ARCH
+        if arch not in open_clip.list_models():
+            raise ClipsearchError(
+                f"unknown model '{arch}': choose an open_clip architecture "
+                f"(e.g. ViT-B-32, RN50) or a shipped one ({', '.join(shipped_architectures())})"
+            )
+        if pretrained is None:
+            pretrained = DEFAULT_PRETRAINED if arch == DEFAULT_ARCH else RANDOM_INIT
+        if pretrained == RANDOM_INIT:
+            return cls(arch, RANDOM_INIT)
+        if _looks_like_path(pretrained) or Path(pretrained).is_file():
+            path = Path(pretrained).expanduser().resolve()
+            if not path.is_file():
+                raise ClipsearchError(f"checkpoint not found: {pretrained}")
+            return cls(arch, str(path), file_sha256(path))
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            choices = ", ".join(tags) if tags else "none published; pass a checkpoint path or 'none'"
+            raise ClipsearchError(f"unknown pretrained tag '{pretrained}' for {arch} (choices: {choices})")
+        return cls(arch, pretrained)
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained == RANDOM_INIT
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.checkpoint_sha256 is not None
+
+    def identity(self) -> str:
+        """A short string equal for exactly the specs that give the same vectors."""
+        if self.is_checkpoint:
+            return f"{self.arch}@sha256:{self.checkpoint_sha256[:16]}"
+        if self.is_random:
+            return f"{self.arch}@random-seed{RANDOM_INIT_SEED}"
+        return f"{self.arch}@{self.pretrained}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "pretrained": self.pretrained, "checkpoint_sha256": self.checkpoint_sha256}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(data["arch"], data["pretrained"], data.get("checkpoint_sha256"))
+
+
+def _offline_hint(spec: ModelSpec, err: Exception) -> ClipsearchError:
+    return ClipsearchError(
+        f"weights '{spec.pretrained}' for {spec.arch} are not in the Hugging Face cache and could not be "
+        f"downloaded ({type(err).__name__}); fix: run once with network access, point HF_HOME at a cache "
+        f"that has them, or pass --pretrained PATH to a local checkpoint"
+    )
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without executing code (safetensors, or torch with weights_only)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a pickle with code, or not a checkpoint at all
+            raise ClipsearchError(f"cannot load checkpoint {path}: {err}".splitlines()[0]) from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ClipsearchError(f"cannot load checkpoint {path}: no state dict inside")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Callable, Callable]:
+    """Create the open_clip model for a spec: (model, train_transform, eval_transform)."""
+    if spec.is_random or spec.is_checkpoint:
+        # Random init is seeded so two processes build identical weights; the
+        # global RNG is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
+        if spec.is_checkpoint:
+            path = Path(spec.pretrained)
+            if not path.is_file():
+                raise ClipsearchError(f"checkpoint not found: {path}")
+            if file_sha256(path) != spec.checkpoint_sha256:
+                raise ClipsearchError(f"checkpoint {path} changed since the index was built (content hash differs)")
+            missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)
+            if missing or unexpected:
+                raise ClipsearchError(
+                    f"checkpoint {path} does not fit {spec.arch}: "
+                    f"{len(missing)} missing and {len(unexpected)} unexpected weights"
+                )
+        else:
+            warnings.warn(f"{spec.arch} uses random weights (--pretrained none): results are not meaningful", stacklevel=2)
+    else:
+        try:
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained))
+        except Exception as err:  # offline, missing cache, hub errors: all fixed the same way
+            raise _offline_hint(spec, err) from err
+        model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
+    model.eval().to(device)
+    return model, train_tf, eval_tf
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Encoder:
+    """Turns images and texts into L2-normalised float32 vectors."""
+
+    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None, batch_size: int = 64):
+        self.spec = spec
+        self.device = torch.device(device) if device else default_device()
+        self.batch_size = batch_size
+        self.model, self.train_transform, self.preprocess = build_model(spec, self.device)
+        self.tokenizer = open_clip.get_tokenizer(spec.arch)
+        with torch.inference_mode():  # the embedding width, whatever the tower types
+            self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
+
+    @classmethod
+    def load(cls, arch: str | None = None, pretrained: str | None = None, **kwargs: Any) -> "Encoder":
+        return cls(ModelSpec.resolve(arch, pretrained), **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How pixels become tensors, for the manifest."""
+        cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
+        cfg.setdefault("size", self.image_size)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+    @torch.inference_mode()
+    def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+        """Encode an already preprocessed batch (N, 3, H, W)."""
+        out = []
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
+            out.append(self.model.encode_image(chunk, normalize=True).float().cpu())
+        return _as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return _as_unit_float32(torch.cat(out))
+
+
+def _as_unit_float32(vectors: torch.Tensor) -> np.ndarray:
+    # Re-normalise in float32: the model may have computed in lower precision.
+    array = vectors.numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)

@@ -1,0 +1,106 @@
+"""Robust image decoding: any file a user's folder may hold becomes an upright RGB image
+or a one-line reason why it cannot.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # HEIC/HEIF photos from phones, when the optional plugin is installed
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUFFIXES = (".heic", ".heif")
+except ImportError:
+    HEIF_SUFFIXES = ()
+
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff") + HEIF_SUFFIXES)
+# Refuse decompression bombs ourselves (header only) instead of relying on
+# Pillow's warning; 100 MP admits every camera on the market.
+MAX_PIXELS = 100_000_000
+_ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class ImageDecodeError(Exception):
+    """The file is not a usable image; the message is the reason stored in `skipped`."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Palette, alpha, CMYK, 16-bit and greyscale images to 8-bit RGB."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit data: a plain convert() would clip everything above 255 to white.
+        pixels = np.asarray(image, dtype=np.int64)
+        peak = 65535 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255
+        return Image.fromarray((np.clip(pixels, 0, peak) * 255 // peak).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+        return Image.fromarray((scaled * 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def decode_image(source: str | Path | bytes, min_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a file (or its bytes) to an upright RGB image.
+
+    `min_size` lets JPEGs decode at a reduced DCT scale (Image.draft, ~4x faster
+    for camera photos) while both sides stay >= min_size, so the model's own
+    resize still starts from at least its input resolution.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"too large: {width}x{height} exceeds {max_pixels // 1_000_000} megapixels")
+            if min_size and image.format == "JPEG":
+                image.draft("RGB", (min_size, min_size))
+            image.seek(0)  # first frame of animations
+            image.load()
+            upright = to_rgb(ImageOps.exif_transpose(image))
+            # The stored width/height are the file's upright size, not the draft's.
+            turned = upright.size != image.size  # a 90° EXIF turn swaps the sides
+            upright.info["original_size"] = (height, width) if turned else (width, height)
+            return upright
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(f"too large: {err}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated/corrupt data
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageDecodeError(f"corrupt image: {reason}") from None
+
+
+def open_uri(uri: str, min_size: int | None = None) -> Image.Image:
+    """Pixels for a stored row's `uri`: a file path or a dataset reference."""
+    from . import cifar  # dataset URIs resolve through their source module
+
+    if cifar.is_cifar_uri(uri):
+        image = cifar.open_cifar_uri(uri)
+        image.info["original_size"] = image.size
+        return image
+    return decode_image(uri, min_size=min_size)

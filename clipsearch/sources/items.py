@@ -1,0 +1,25 @@
+"""The record every source (folder, CIFAR, caption dataset) produces for the indexer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Item:
+    """One image to store: where its pixels are and what is known about it."""
+
+    id: str  # stable: relative path or dataset key such as cifar10/test/00042
+    uri: str  # file path or dataset reference that sources.images.open_uri understands
+    source: str  # the folder's absolute path, or the dataset name
+    split: str | None = None
+    label: int | None = None
+    label_name: str | None = None
+    captions: list[str] = field(default_factory=list)
+    mtime: float = 0.0
+    size: int = 0
+    content_hash: str | None = None  # filled by the indexer for files, by the source for datasets
+
+    def metadata(self) -> tuple:
+        """What can change without the pixels changing (e.g. an edited captions file)."""
+        return (self.split, self.label, self.label_name, tuple(self.captions))

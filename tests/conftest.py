@@ -1,0 +1,41 @@
+"""Hermetic tests: no network, an empty model cache, indexes under tmp_path, seeded models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["CLIPSEARCH_OFFLINE"] = "1"
+os.environ.setdefault("LANCEDB_LOG", "error")
+warnings.filterwarnings("ignore", message=".*random weights.*")
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(sock: socket.socket, address):  # type: ignore[no-untyped-def]
+    if sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1", "localhost")):
+        return _real_connect(sock, address)
+    raise RuntimeError(f"tests must not use the network (tried to connect to {address})")
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("CLIPSEARCH_HOME", str(home / "indexes"))
+    monkeypatch.setenv("CLIPSEARCH_DATA", str(home / "data"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))  # an empty model cache: nothing can be found there
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    """The shipped tiny architecture with seeded random weights (fast on CPU)."""
+    from clipsearch.encoder import Encoder
+
+    return Encoder.load("tiny", "none", device="cpu")
