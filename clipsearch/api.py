@@ -243,3 +243,16 @@ class Index:
         columns = [f.name for f in self.store.images.schema if f.name != "vector"]
         rows = {row["key"]: row for row in self.store.scan(IMAGES, columns, sql_in("key", [key for _, key in found])).to_pylist()}
         return [Hit(rank, score, rows[key]) for rank, (score, key) in enumerate(found, 1) if key in rows]
+
+    def search_captions(
+        self, query: str | Sequence[str] | None = None, *, image: Any = None, vector: np.ndarray | None = None, k: int = 10,
+    ) -> list[Hit]:
+        """Nearest stored captions (image → text when the query is an image), scored exactly."""
+        check_k(k)
+        query_vector = self.query_vector(query, image) if vector is None else np.asarray(vector, np.float32)
+        table = self.store.scan(CAPTIONS, ["image_id", "caption_index", "caption", "vector"])
+        if table.num_rows == 0:
+            raise ClipsearchError(f"index '{self.name}' has no captions (index a captioned folder or dataset)")
+        scores, rows = top_k_exact(query_vector, np.arange(table.num_rows), vectors_of(table), k)
+        meta = table.drop_columns(["vector"]).take(pa.array(rows)).to_pylist()
+        return [Hit(rank, float(score), row) for rank, (score, row) in enumerate(zip(scores, meta), 1)]

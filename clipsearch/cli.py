@@ -113,6 +113,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
     paths: bool = typer.Option(False, "--paths", help="Print one path per line."),
     grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact-sheet PNG of the hits."),
+    captions: bool = typer.Option(False, "--captions", help="Return the nearest stored captions instead of images."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
     root: Optional[Path] = RootOpt,
@@ -124,6 +125,18 @@ def search_cmd(
     if as_json and paths:
         raise ClipsearchError("choose one of --json and --paths")
     index = _open_index(name, root, model, pretrained)
+    if captions:
+        hits = index.search_captions(query, image=list(image) or None, k=k)
+        if as_json:
+            out.print_json(json.dumps([h.to_dict() for h in hits]))
+            return
+        table = Table(title=f"{len(hits)} captions in '{index.name}'")
+        for column in ("rank", "score", "image", "caption"):
+            table.add_column(column)
+        for hit in hits:
+            table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.row["image_id"], hit.row["caption"])
+        out.print(table)
+        return
     hits = index.search(query, image=list(image) or None, k=k, where=where, threshold=threshold)
     if grid:
         from .report import contact_sheet

@@ -36,6 +36,8 @@ CIFAR_TEMPLATES = (
     "a photo of the big {}.",
 )
 SIMPLE_TEMPLATES = ("a photo of a {}.",)
+# Worded like the generated shapes captions, which is what a model trained on them knows.
+SHAPES_TEMPLATES = ("a {}.", "a picture of a {}.", "a {} on a plain background.")
 
 CIFAR10_CLASSNAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Fine label names in official order, underscores as spaces (as CLIP and CLIP_benchmark use).
@@ -72,7 +74,15 @@ TEMPLATE_SETS: dict[str, Callable[[], list[str]]] = {
     "cifar": lambda: list(CIFAR_TEMPLATES),
     "imagenet": _imagenet_templates,
     "simple": lambda: list(SIMPLE_TEMPLATES),
+    "shapes": lambda: list(SHAPES_TEMPLATES),
 }
+# The template set each built-in label set is evaluated with by default.
+DEFAULT_TEMPLATES = {"cifar10": "cifar", "cifar100": "cifar", "shapes": "shapes"}
+
+
+def default_templates(label_spec: str) -> str:
+    return DEFAULT_TEMPLATES.get(label_spec, "simple")
+
 LABEL_SETS: dict[str, Callable[[], list[str]]] = {
     "cifar10": lambda: list(CIFAR10_CLASSNAMES),
     "cifar100": lambda: list(CIFAR100_CLASSNAMES),
