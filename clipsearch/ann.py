@@ -34,8 +34,9 @@ class AnnInfo:
         return {"kind": self.kind, "factory": self.factory, "n": self.n, "recall@10": self.recall_at_10}
 
 
-def choose_factory(n: int, dim: int, exact_limit: int = EXACT_LIMIT) -> tuple[str, str]:
-    if n <= exact_limit:
+def choose_factory(n: int, dim: int, exact_limit: int | None = None) -> tuple[str, str]:
+    # Limits are read at call time (not bound as defaults) so they can be tuned at run time.
+    if n <= (EXACT_LIMIT if exact_limit is None else exact_limit):
         return "flat", "IDMap2,Flat"
     if n <= HNSW_LIMIT:
         return "hnsw", "IDMap2,HNSW32,Flat"
@@ -43,7 +44,7 @@ def choose_factory(n: int, dim: int, exact_limit: int = EXACT_LIMIT) -> tuple[st
     return "ivfpq", f"IDMap2,IVF{nlist},PQ{max(dim // 8, 8)}"
 
 
-def build(keys: np.ndarray, vectors: np.ndarray, exact_limit: int = EXACT_LIMIT) -> tuple[faiss.Index, AnnInfo]:
+def build(keys: np.ndarray, vectors: np.ndarray, exact_limit: int | None = None) -> tuple[faiss.Index, AnnInfo]:
     n, dim = vectors.shape
     kind, factory = choose_factory(n, dim, exact_limit)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)

@@ -38,6 +38,19 @@ def _and(*clauses: str | None) -> str:
     return " AND ".join(f"({c})" for c in clauses if c)
 
 
+class _EncoderOnDemand:
+    """Stands in for an index's encoder during a sync and loads the model only when something
+    must be encoded: re-indexing an unchanged folder then needs no model at all."""
+
+    def __init__(self, index: "Index"):
+        self._index = index
+        self.spec = index.spec
+        self.dim = int(index.manifest["dim"])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index.encoder, name)
+
+
 class Index:
     """One index folder: LanceDB tables + FAISS file + manifest."""
 
@@ -57,11 +70,12 @@ class Index:
     ) -> "Index":
         """A new empty index (an existing one with the same model is opened instead)."""
         path = Store.folder(name, root)
-        spec = encoder.spec if encoder else ModelSpec.resolve(model, pretrained)
         if Store.exists(path):
             index = cls.open(name, root, encoder=encoder)
-            index.check_model(spec)
+            if model or pretrained:  # no model named: the index's own
+                index.check_model(ModelSpec.resolve(model or index.spec.arch, pretrained))
             return index
+        spec = encoder.spec if encoder else ModelSpec.resolve(model, pretrained)
         encoder = encoder or Encoder(spec)
         manifest = {
             "name": name, "model": spec.to_dict(), "model_id": spec.identity(), "dim": encoder.dim,
@@ -104,7 +118,8 @@ class Index:
         """Add or update `items`, encoding only what changed; with `mark_missing`, rows of
         `source` absent from `items` are marked deleted (a folder scan sees every file)."""
         with self.store.writer_lock():
-            stats = sync_items(self.store, self.encoder, items, source, batch_size=batch_size, workers=workers,
+            encoder = self._encoder or _EncoderOnDemand(self)
+            stats = sync_items(self.store, encoder, items, source, batch_size=batch_size, workers=workers,
                                show_progress=progress, mark_missing=mark_missing)
             sources = sorted(set(self.manifest.get("sources", [])) | {source})
             self.manifest = self.store.update_manifest(sources=sources)
@@ -216,7 +231,8 @@ class Index:
     # -- searching ----------------------------------------------------------------
     def query_vector(self, query: str | Sequence[str] | None = None, image: Any = None) -> np.ndarray:
         images = [] if image is None else (list(image) if isinstance(image, (list, tuple)) else [image])
-        return embed_query(self.encoder, parse_query(query, images))
+        terms = parse_query(query, images)  # before the model loads: a bad query fails fast
+        return embed_query(self.encoder, terms)
 
     def search(
         self, query: str | Sequence[str] | None = None, *, image: str | Path | Image.Image | Sequence[Any] | None = None,
@@ -224,10 +240,11 @@ class Index:
     ) -> list[Hit]:
         """Nearest images to a text/image query (weighted `+`/`-` terms) or a given unit vector."""
         check_k(k)
-        query_vector = self.query_vector(query, image) if vector is None else np.asarray(vector, np.float32)
         index = self.ann_index
-        if where:
-            allowed = self.rows(where, ["key", "vector"] if not ann.is_exact(index) else ["key"])
+        # The filter runs before the query is embedded: a mistake in it fails fast, without loading the model.
+        allowed = self.rows(where, ["key", "vector"] if not ann.is_exact(index) else ["key"]) if where else None
+        query_vector = self.query_vector(query, image) if vector is None else np.asarray(vector, np.float32)
+        if allowed is not None:
             keys_allowed = allowed.column("key").to_numpy()
             if ann.is_exact(index):
                 scores, keys = ann.search(index, query_vector[None, :], k, allowed_keys=keys_allowed)

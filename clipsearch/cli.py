@@ -76,8 +76,13 @@ def index_cmd(
         index = Index.create(name or folder.resolve().name, root, model=model, pretrained=pretrained)
         stats = index.add_folder(folder, exclude=exclude, captions=captions, **options)
     else:
+        from .sources.datasets import dataset_items
+
+        # Read the dataset first: a missing one must not leave an empty index behind.
+        items, problems = dataset_items(path, split, data_dir, captions)
         index = Index.create(name or path, root, model=model, pretrained=pretrained)
-        stats = index.add_dataset(path, split=split, data_dir=data_dir, captions=captions, **options)
+        index.problems = problems
+        stats = index.add_items(items, path, mark_missing=False, **options)
     for problem in index.problems[:20]:
         err.print(f"warning: {problem}", highlight=False, soft_wrap=True)
     if len(index.problems) > 20:
@@ -240,9 +245,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ClipsearchError as error:
         err.print(f"error: {error}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted: what was written so far is kept; run the same command again to resume")
-        sys.exit(130)
+    except SystemExit as done:
+        if done.code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
+            err.print("interrupted: what was written so far is kept; run the same command again to resume")
+        raise
 
 
 # Command groups live in clipsearch/commands/; importing them registers them on `app`.

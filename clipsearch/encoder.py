@@ -69,8 +69,9 @@ class ModelSpec:
                 f"unknown model '{arch}': choose an open_clip architecture "
                 f"(e.g. ViT-B-32, RN50) or a shipped one ({', '.join(shipped_architectures())})"
             )
-        if pretrained is None:
-            pretrained = DEFAULT_PRETRAINED if arch == DEFAULT_ARCH else RANDOM_INIT
+        if pretrained is None:  # the default weights, else the first published tag
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            pretrained = DEFAULT_PRETRAINED if arch == DEFAULT_ARCH else (tags[0] if tags else RANDOM_INIT)
         if pretrained == RANDOM_INIT:
             return cls(arch, RANDOM_INIT)
         if _looks_like_path(pretrained) or Path(pretrained).is_file():

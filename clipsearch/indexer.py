@@ -196,7 +196,7 @@ def decoded_batches(items: Sequence[Item], encoder: Encoder, batch_size: int, wo
     return loader
 
 
-def _progress() -> Progress:
+def _progress(show: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -206,11 +206,15 @@ def _progress() -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         transient=False,
+        disable=not show,  # a hidden bar would still print an empty line (e.g. before --json output)
     )
 
 
 def default_workers() -> int:
-    return min(4, max(1, (os.cpu_count() or 2) - 1))
+    # The cores this process may use (a container or taskset may allow fewer than the machine has);
+    # one is left to the encoder.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return min(4, max(1, cores - 1))
 
 
 def sync_items(
@@ -233,12 +237,13 @@ def sync_items(
 
     # Cheap changes first (no model needed); each is one atomic LanceDB commit.
     if plan.delete_ids:
-        store.update(IMAGES, sql_in("id", plan.delete_ids), {"deleted": True})
+        _mark_deleted(store, plan.delete_ids)
     if plan.reuse:
         reused = store.scan(IMAGES, ["key", "vector", "width", "height"], sql_in("key", sorted({k for _, k, _ in plan.reuse})))
         by_key = {key: (vec, w, h) for key, vec, w, h in zip(reused.column("key").to_pylist(), vectors_of(reused), reused.column("width").to_pylist(), reused.column("height").to_pylist())}
         if plan.replaced_ids:
             store.delete(IMAGES, sql_in("id", plan.replaced_ids))
+            store.delete(CAPTIONS, sql_in("image_id", plan.replaced_ids))
         rows = [_row(item, new_key, *by_key[old_key]) for item, old_key, new_key in plan.reuse]
         stats.captions += _write_images(store, encoder, rows, [item for item, _, _ in plan.reuse], schema)
     if plan.relabel:
@@ -273,8 +278,8 @@ def _encode_and_write(store, encoder, plan, batch_size, workers, show_progress, 
         pending_items.clear()
 
     encode_started = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("encoding", total=len(plan.encode), rate=0.0, visible=show_progress)
+    with _progress(show_progress) as progress:
+        task = progress.add_task("encoding", total=len(plan.encode), rate=0.0)
         for batch in decoded_batches(plan.encode, encoder, batch_size, workers):
             good = [(i, t, size) for i, t, size, err in batch if err is None]
             skipped.extend(_skip_row(plan.encode[i], err) for i, _, _, err in batch if err is not None)
@@ -295,7 +300,14 @@ def _encode_and_write(store, encoder, plan, batch_size, workers, show_progress, 
     # A file that changed into something unreadable must not keep its old vector.
     broken = [row["id"] for row in skipped if row["id"] in plan.updated_ids]
     if broken:
-        store.update(IMAGES, sql_in("id", broken), {"deleted": True})
+        _mark_deleted(store, broken)
+
+
+def _mark_deleted(store: Store, ids: list[str]) -> None:
+    """Rows of files gone (or now unreadable): kept until --prune, but their captions go now,
+    so that caption search never returns them either."""
+    store.update(IMAGES, sql_in("id", ids), {"deleted": True})
+    store.delete(CAPTIONS, sql_in("image_id", ids))
 
 
 def _row(item: Item, key: int, vector: np.ndarray, width: int | None, height: int | None) -> dict[str, Any]:

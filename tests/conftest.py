@@ -13,6 +13,11 @@ os.environ["CLIPSEARCH_OFFLINE"] = "1"
 os.environ.setdefault("LANCEDB_LOG", "error")
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
+# Tiny test models gain nothing from intra-op threads; on 2 shared cores they only contend.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 _real_connect = socket.socket.connect
 
 
