@@ -12,7 +12,7 @@ The CLI and the TUI are thin shells over this class.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import faiss
 import numpy as np
@@ -31,6 +31,7 @@ from .sources.items import Item
 from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, vectors_of
 
 FAISS_FILE = "images.faiss"
+LABEL_BATCH = 8192  # rows scored and written per batch by write_labels
 ACTIVE = "deleted = false"
 
 
@@ -197,6 +198,44 @@ class Index:
             else:
                 self._ann = self.rebuild_ann()
         return self._ann
+
+    def write_labels(
+        self, score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], class_names: Sequence[str],
+        label_column: str, score_column: str, constants: dict[str, str], on_batch: Callable[[int], None] | None = None,
+        batch_size: int = LABEL_BATCH,
+    ) -> dict[str, int]:
+        """Label every live image: `score(vectors) -> (class index, score)` per row, written to
+        `label_column`/`score_column` (plus constant columns). Streams, so memory stays bounded;
+        only label columns change, so the FAISS file stays valid. Returns counts per class,
+        most frequent first."""
+        ids: list[str] = []
+        classes, scores = [], []
+        with self.store.writer_lock():
+            for batch in self.store.images.search().where(ACTIVE).select(["id", "vector"]).limit(None).to_batches(batch_size):
+                table = pa.Table.from_batches([batch])
+                best_class, best_score = score(vectors_of(table))
+                ids += table.column("id").to_pylist()
+                classes.append(np.asarray(best_class, np.int64))
+                scores.append(np.asarray(best_score, np.float32))
+                if on_batch:
+                    on_batch(table.num_rows)
+            # Written after the scan, never into the snapshot being read.
+            class_of_row = np.concatenate(classes) if classes else np.zeros(0, np.int64)
+            score_of_row = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+            names = np.asarray(class_names, dtype=object)
+            for start in range(0, len(ids), batch_size):
+                chunk = slice(start, start + batch_size)
+                n = len(ids[chunk])
+                self.store.update_columns(IMAGES, pa.table({
+                    "id": pa.array(ids[chunk], pa.string()),
+                    label_column: pa.array(names[class_of_row[chunk]].tolist(), pa.string()),
+                    score_column: pa.array(score_of_row[chunk], pa.float32()),
+                    **{column: pa.array([value] * n, pa.string()) for column, value in constants.items()},
+                }))
+            self.store.compact()
+            self.annotations_changed()
+        per_class = np.bincount(class_of_row, minlength=len(class_names))
+        return {str(class_names[c]): int(per_class[c]) for c in np.argsort(-per_class, kind="stable")}
 
     # -- reading -----------------------------------------------------------------
     def counts(self) -> dict[str, int]:

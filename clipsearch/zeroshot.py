@@ -17,20 +17,18 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import faiss
 import numpy as np
-import pyarrow as pa
 from PIL import Image
 
 from .encoder import Encoder
 from .errors import ClipsearchError
 from .metrics import topk_accuracy, topk_predictions
 from .prompts import resolve_labels, resolve_templates
-from .store import IMAGES, vectors_of
+from .store import IMAGES
 
 if TYPE_CHECKING:
     from .api import Index
 
 LOGIT_SCALE = 100.0
-CLASSIFY_BATCH = 8192  # image vectors per FAISS query batch (and per progress step)
 _LIVE = "deleted = false"
 
 
@@ -187,48 +185,21 @@ class ClassifyResult:
         return {"labelset": self.labelset, "n": self.n, "counts": self.counts, "seconds": round(self.seconds, 3)}
 
 
-def _annotation_table(ids: list[str], classes: np.ndarray, scores: np.ndarray, class_names: Sequence[str], labelset: str) -> pa.Table:
-    names = np.asarray(class_names, dtype=object)[classes]
-    return pa.table({
-        "id": pa.array(ids, pa.string()),
-        "zs_label": pa.array(names.tolist(), pa.string()),
-        "zs_score": pa.array(scores, pa.float32()),
-        "zs_labelset": pa.array([labelset] * len(ids), pa.string()),
-    })
-
-
 def classify_index(
     index: "Index", class_names: Sequence[str], prototypes: np.ndarray, labelset: str,
-    on_batch: Callable[[int], None] | None = None, batch_size: int = CLASSIFY_BATCH,
+    on_batch: Callable[[int], None] | None = None,
 ) -> ClassifyResult:
     """Label every live image with its nearest prototype: writes zs_label, zs_score (the
     cosine) and zs_labelset. Vectors are untouched, so the FAISS file stays valid."""
     started = time.perf_counter()
     prototype_index = PrototypeIndex(prototypes)
-    ids: list[str] = []
-    classes, scores = [], []
-    with index.store.writer_lock():
-        # Stream the vectors; the labels (small) are written after the scan, never into the snapshot being read.
-        reader = index.store.images.search().where(_LIVE).select(["id", "vector"]).limit(None).to_batches(batch_size)
-        for batch in reader:
-            table = pa.Table.from_batches([batch])
-            best_scores, best_classes = prototype_index.nearest(vectors_of(table), 1)
-            ids += table.column("id").to_pylist()
-            classes.append(best_classes[:, 0])
-            scores.append(best_scores[:, 0])
-            if on_batch:
-                on_batch(table.num_rows)
-        class_of_row = np.concatenate(classes) if classes else np.zeros(0, np.int64)
-        score_of_row = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        for start in range(0, len(ids), batch_size):
-            stop = start + batch_size
-            index.store.update_columns(IMAGES, _annotation_table(ids[start:stop], class_of_row[start:stop], score_of_row[start:stop], class_names, labelset))
-        index.store.compact()
-        index.annotations_changed()
-    per_class = np.bincount(class_of_row, minlength=len(class_names))
-    order = np.argsort(-per_class, kind="stable")
-    counts = {str(class_names[c]): int(per_class[c]) for c in order}
-    return ClassifyResult(labelset, len(ids), counts, time.perf_counter() - started)
+
+    def nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        best_scores, best_classes = prototype_index.nearest(vectors, 1)
+        return best_classes[:, 0], best_scores[:, 0]
+
+    counts = index.write_labels(nearest, class_names, "zs_label", "zs_score", {"zs_labelset": labelset}, on_batch)
+    return ClassifyResult(labelset, sum(counts.values()), counts, time.perf_counter() - started)
 
 
 def live_image_count(index: "Index") -> int:
