@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -21,6 +23,7 @@ HNSW_LIMIT = 2_000_000
 HNSW_EF_SEARCH = 128
 RECALL_QUERIES = 200
 RECALL_K = 10
+PARALLEL_QUERIES = 64  # below this many queries, search single-threaded
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,24 @@ def is_exact(index: faiss.Index) -> bool:
 def search(index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores, keys) of the k best per query; missing results have key -1."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(queries) < PARALLEL_QUERIES:
+        with _one_omp_thread():
+            return _search(index, queries, k, allowed_keys)
+    return _search(index, queries, k, allowed_keys)
+
+
+@contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    # A few queries gain nothing from OpenMP, whose threads spin for tens of ms on a busy machine.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     params = None
     if allowed_keys is not None:
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_keys, dtype=np.int64)))

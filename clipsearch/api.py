@@ -312,3 +312,25 @@ class Index:
         scores, rows = top_k_exact(query_vector, np.arange(table.num_rows), vectors_of(table), k)
         meta = table.drop_columns(["vector"]).take(pa.array(rows)).to_pylist()
         return [Hit(rank, float(score), row) for rank, (score, row) in enumerate(zip(scores, meta), 1)]
+
+    # -- tasks over the index (the same functions the CLI runs) -----------------------
+    def classify(self, labels: str, templates: str | None = None) -> dict[str, int]:
+        """Zero-shot label every image (zs_label/zs_score columns); returns counts per class."""
+        from .prompts import default_templates
+        from .zeroshot import classify_index, prototypes_for
+
+        names, prototypes = prototypes_for(self.encoder, labels, templates or default_templates(labels))
+        return classify_index(self, names, prototypes, labels).counts
+
+    def evaluate_zero_shot(self, labels: str | None = None, templates: Sequence[str] | None = None,
+                           split: str = "test") -> dict[str, Any]:
+        """Top-1/top-5/mean per-class recall/per-class accuracy of zero-shot on a labelled split."""
+        from .evaluate import evaluate_zero_shot
+
+        return evaluate_zero_shot(self, labels, templates, split)[0]
+
+    def evaluate_retrieval(self, split: str = "test", ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+        """Text→image and image→text recall@k, mean and median rank on a captioned split."""
+        from .retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(self, split, ks)[0]

@@ -42,7 +42,7 @@ def _term(raw: str, sign: float) -> QueryTerm:
     if not body:
         raise ClipsearchError(f"empty query term in {raw!r}")
     path = Path(body).expanduser()
-    if path.is_file() and is_image_file(path):
+    if is_image_file(path):  # named like an image: a path, never text to search for
         return QueryTerm(sign * weight, image=load_query_image(path), label=body)
     return QueryTerm(sign * weight, text=body, label=body)
 

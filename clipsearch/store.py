@@ -258,6 +258,10 @@ class Store:
         (younger ones may still be read by another process)."""
         for name in (IMAGES, CAPTIONS, SKIPPED):
             self.table(name).optimize(cleanup_older_than=dt.timedelta(hours=1))
+        images = self.images
+        if images.count_rows() and not any(i.columns == ["key"] for i in images.list_indices()):
+            # Search fetches its hits by key; without this every query scans the table.
+            images.create_scalar_index("key")
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
