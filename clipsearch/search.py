@@ -42,7 +42,8 @@ def _term(raw: str, sign: float) -> QueryTerm:
     if not body:
         raise ClipsearchError(f"empty query term in {raw!r}")
     path = Path(body).expanduser()
-    if is_image_file(path):  # named like an image: a path, never text to search for
+    # An image file that exists, or a path-like name of one (a typo must not become a text query).
+    if is_image_file(path) and (path.is_file() or "/" in body or not any(c.isspace() for c in body)):
         return QueryTerm(sign * weight, image=load_query_image(path), label=body)
     return QueryTerm(sign * weight, text=body, label=body)
 

@@ -81,19 +81,6 @@ def write_karpathy(path: Path, images: list[dict], dataset: str) -> Path:
     return path
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `clipsearch ARGS` in this process: (exit code, stdout, stderr)."""
-    from clipsearch.cli import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 def table_rows(index_dir: Path, table: str) -> list[dict]:
     """Every row of one LanceDB table of an index, read with lancedb directly."""

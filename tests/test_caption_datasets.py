@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from caption_fixture import karpathy_image, random_captions, run_cli, table_rows, write_flickr8k, write_image, write_karpathy
+from cli_runner import run_cli
+from caption_fixture import karpathy_image, random_captions, table_rows, write_flickr8k, write_image, write_karpathy
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.sources.captions import CAPTION_DATASETS
@@ -25,7 +26,7 @@ def _warned_places(stderr: str, file_name: str) -> list[str]:
     return re.findall(rf"^warning: {re.escape(file_name)}:\s?(\d+|images\[\d+\])", stderr, re.M)
 
 
-def test_flickr8k_layout_indexes_a_split_and_reports_bad_lines(tmp_path, capsys, tiny_encoder) -> None:
+def test_flickr8k_layout_indexes_a_split_and_reports_bad_lines(tmp_path, tiny_encoder) -> None:
     data = tmp_path / "flickr8k"
     good = write_flickr8k(data, {"train": 3, "val": 1, "test": 2}, captions_per_image=3)
     names = list(good)
@@ -38,7 +39,7 @@ def test_flickr8k_layout_indexes_a_split_and_reports_bad_lines(tmp_path, capsys,
     ]
     (data / "Flickr8k_text" / "Flickr8k.token.txt").open("a").write("\n".join(bad_lines) + "\n")
 
-    code, _, stderr = run_cli(capsys, "index", "flickr8k", "--data-dir", data, "--name", "f8", *TINY)
+    code, _, stderr = run_cli("index", "flickr8k", "--data-dir", data, "--name", "f8", *TINY)
 
     assert code == 0, stderr
     places = _warned_places(stderr, "Flickr8k.token.txt")
@@ -58,13 +59,13 @@ def test_flickr8k_layout_indexes_a_split_and_reports_bad_lines(tmp_path, capsys,
     assert np.allclose(stored, tiny_encoder.encode_texts([text for _, _, text in expected]), atol=1e-5)
 
     # Another split goes into the same index beside the first one.
-    code, _, stderr = run_cli(capsys, "index", "flickr8k", "--data-dir", data, "--name", "f8", "--split", "train", *TINY)
+    code, _, stderr = run_cli("index", "flickr8k", "--data-dir", data, "--name", "f8", "--split", "train", *TINY)
     assert code == 0, stderr
     splits = sorted(r["split"] for r in table_rows(index_dir, "images"))
     assert splits == ["test", "test", "train", "train", "train"]
 
 
-def test_karpathy_json_with_a_separate_image_root(tmp_path, capsys) -> None:
+def test_karpathy_json_with_a_separate_image_root(tmp_path) -> None:
     photos = tmp_path / "photos"  # the images, in no dataset-specific folder
     texts = random_captions([5, 5, 2, 1], seed=1)
     for i in (0, 1, 2, 3, 6):
@@ -80,7 +81,7 @@ def test_karpathy_json_with_a_separate_image_root(tmp_path, capsys) -> None:
     ]
     captions_file = write_karpathy(tmp_path / "annotations" / "dataset_flickr30k.json", images, "flickr30k")
 
-    code, _, stderr = run_cli(capsys, "index", "flickr30k", "--captions", captions_file, "--data-dir", photos,
+    code, _, stderr = run_cli("index", "flickr30k", "--captions", captions_file, "--data-dir", photos,
                               "--name", "f30", "--split", "all", *TINY)
 
     assert code == 0, stderr
@@ -154,8 +155,8 @@ def test_missing_dataset_is_downloaded_and_unpacked(tmp_path, monkeypatch) -> No
     assert len(dataset_items("flickr8k", "train")[0]) == 1  # found on disk now: nothing fetched again
 
 
-def test_missing_dataset_offline_is_one_clear_line(tmp_path, capsys) -> None:
-    code, stdout, stderr = run_cli(capsys, "index", "flickr8k", "--data-dir", tmp_path, "--name", "x", *TINY)
+def test_missing_dataset_offline_is_one_clear_line(tmp_path) -> None:
+    code, stdout, stderr = run_cli("index", "flickr8k", "--data-dir", tmp_path, "--name", "x", *TINY)
     assert code == 1 and stdout == ""
     error_line = stderr.strip().splitlines()[-1]  # after the tiny model's random-weights warning
     assert error_line.startswith("error: flickr8k:") and "Traceback" not in stderr

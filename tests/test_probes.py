@@ -4,10 +4,8 @@ fits written here, zero-shot prototypes from open_clip.build_zero_shot_classifie
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import lancedb
@@ -23,34 +21,18 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from clipsearch.api import Index
-from clipsearch.cli import main
 from clipsearch.encoder import Encoder
 from clipsearch.probes import Probe
 from clipsearch.prompts import CIFAR100_CLASSNAMES, SHAPES_TEMPLATES
 from clipsearch.sources import images
 from clipsearch.sources.shapes import generate_shapes
+from cli_runner import run_cli, run_json
 
 NAME = "shapes"
 FAST = ["--max-epochs", "12", "--patience", "4"]  # mlp/joint: enough to learn something, quick on 2 cores
 FEW = ["--shots", "4"]  # linear: a quick C search where the full one is not the point
 
 
-def run_cli(*args: object) -> tuple[int, str, str]:
-    """`clipsearch ARGS` in this process: (exit code, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            main([str(arg) for arg in args])
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    return code, stdout.getvalue(), stderr.getvalue()
-
-
-def run_json(*args: object) -> dict:
-    code, stdout, stderr = run_cli(*args, "--json")
-    assert code == 0, stderr
-    return json.loads(stdout)
 
 
 def stored(root: Path, split: str) -> tuple[list[str], list[str], np.ndarray]:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from cli_runner import run_cli
 from caption_fixture import (
     brute_force_recall,
     karpathy_image,
     random_captions,
-    run_cli,
     table_rows,
     write_flickr8k,
     write_image,
@@ -43,14 +43,14 @@ def flickr500(tmp_path_factory, tiny_encoder) -> Path:
     return base / "indexes"
 
 
-def _eval_json(capsys, root: Path, *args: str) -> dict:
-    code, stdout, stderr = run_cli(capsys, "eval", "retrieval", "f500", "--root", root, "--json", *args)
+def _eval_json(root: Path, *args: str) -> dict:
+    code, stdout, stderr = run_cli("eval", "retrieval", "f500", "--root", root, "--json", *args)
     assert code == 0, stderr
     return json.loads(stdout)
 
 
-def test_recall_equals_brute_force_on_500_images(flickr500, capsys, tmp_path) -> None:
-    report = _eval_json(capsys, flickr500, "--out", tmp_path / "out")
+def test_recall_equals_brute_force_on_500_images(flickr500, tmp_path) -> None:
+    report = _eval_json(flickr500, "--out", tmp_path / "out")
 
     expected = brute_force_recall(flickr500 / "f500", "test", KS)
     assert (report["n_images"], report["n_captions"]) == (N_TEST - N_DELETED, 5 * (N_TEST - N_DELETED))
@@ -59,8 +59,8 @@ def test_recall_equals_brute_force_on_500_images(flickr500, capsys, tmp_path) ->
     assert 0 < report["text_to_image"]["R@10"] < 1  # random weights: neither trivial nor perfect
 
 
-def test_json_shape_and_files(flickr500, capsys, tmp_path) -> None:
-    report = _eval_json(capsys, flickr500, "--out", tmp_path)
+def test_json_shape_and_files(flickr500, tmp_path) -> None:
+    report = _eval_json(flickr500, "--out", tmp_path)
 
     assert {"text_to_image", "image_to_text", "n_images", "n_captions"} <= set(report)
     for direction in ("text_to_image", "image_to_text"):
@@ -75,52 +75,52 @@ def test_json_shape_and_files(flickr500, capsys, tmp_path) -> None:
     with Image.open(tmp_path / "recall_at_k.png") as plot:
         assert plot.format == "PNG" and plot.width > 300
 
-    other_ks = _eval_json(capsys, flickr500, "--out", tmp_path, "--ks", "3,1,50")
+    other_ks = _eval_json(flickr500, "--out", tmp_path, "--ks", "3,1,50")
     assert list(other_ks["image_to_text"]) == ["R@1", "R@3", "R@50", "mean_rank", "median_rank"]
     assert other_ks["image_to_text"]["R@50"] == saved["curves"]["image_to_text"][49]
 
 
-def test_split_filter_and_table_output(flickr500, capsys, tmp_path) -> None:
-    train = _eval_json(capsys, flickr500, "--split", "train", "--out", tmp_path)
+def test_split_filter_and_table_output(flickr500, tmp_path) -> None:
+    train = _eval_json(flickr500, "--split", "train", "--out", tmp_path)
     assert train == {**train, **brute_force_recall(flickr500 / "f500", "train", KS)}
     assert (train["n_images"], train["n_captions"]) == (N_TRAIN, 5 * N_TRAIN)
 
-    code, stdout, _ = run_cli(capsys, "eval", "retrieval", "f500", "--root", flickr500, "--out", tmp_path)
+    code, stdout, _ = run_cli("eval", "retrieval", "f500", "--root", flickr500, "--out", tmp_path)
     test = brute_force_recall(flickr500 / "f500", "test", KS)
     assert code == 0
     assert "text → image" in stdout and "image → text" in stdout and "median rank" in stdout
     assert f"{100 * test['image_to_text']['R@10']:.2f}" in stdout and str(test["n_captions"]) in stdout
 
 
-def test_user_errors_are_one_line(flickr500, capsys, tmp_path, tiny_encoder) -> None:
+def test_user_errors_are_one_line(flickr500, tmp_path, tiny_encoder) -> None:
     for args, message in (
         (("--ks", "1,x"), "--ks must be comma-separated whole numbers"),
         (("--ks", "0,5"), "--ks needs positive numbers"),
         (("--split", "val"), "no images in split 'val' (splits: test, train;"),
     ):
-        code, stdout, stderr = run_cli(capsys, "eval", "retrieval", "f500", "--root", flickr500, *args)
+        code, stdout, stderr = run_cli("eval", "retrieval", "f500", "--root", flickr500, *args)
         assert (code, stdout) == (1, "") and stderr.startswith("error: ") and message in stderr, stderr
         assert len(stderr.strip().splitlines()) == 1
 
     for i in range(2):
         write_image(tmp_path / "plain" / f"{i}.png", seed=i)
     Index.create("plain", tmp_path / "indexes", encoder=tiny_encoder).add_folder(tmp_path / "plain", workers=0, progress=False)
-    code, _, stderr = run_cli(capsys, "eval", "retrieval", "plain", "--root", tmp_path / "indexes", "--split", "all")
+    code, _, stderr = run_cli("eval", "retrieval", "plain", "--root", tmp_path / "indexes", "--split", "all")
     assert code == 1 and "has no captions for its 2 images" in stderr
 
 
-def test_folder_with_a_captions_file_and_uncaptioned_images(tmp_path, capsys) -> None:
+def test_folder_with_a_captions_file_and_uncaptioned_images(tmp_path) -> None:
     folder = tmp_path / "photos"
     texts = random_captions([3, 1, 2, 2, 4], seed=5)
     for i in range(7):
         write_image(folder / f"{i}.png", seed=i)
     captions_file = tmp_path / "mine.csv"  # not in the folder; images 5 and 6 have no captions
     captions_file.write_text("file,caption\n" + "".join(f"photos/{i}.png,{t}\n" for i, ts in enumerate(texts) for t in ts))
-    code, _, stderr = run_cli(capsys, "index", folder, "--captions", captions_file, "--name", "p",
+    code, _, stderr = run_cli("index", folder, "--captions", captions_file, "--name", "p",
                               "--model", "tiny", "--pretrained", "none", "--workers", "0")
     assert code == 0, stderr
 
-    code, stdout, stderr = run_cli(capsys, "eval", "retrieval", "p", "--split", "all", "--json", "--out", tmp_path / "out")
+    code, stdout, stderr = run_cli("eval", "retrieval", "p", "--split", "all", "--json", "--out", tmp_path / "out")
 
     assert code == 0, stderr
     report = json.loads(stdout)
@@ -129,7 +129,7 @@ def test_folder_with_a_captions_file_and_uncaptioned_images(tmp_path, capsys) ->
     assert {k: report[k] for k in expected} == expected
 
 
-def test_one_to_seven_captions_per_image_through_the_index(tmp_path, capsys) -> None:
+def test_one_to_seven_captions_per_image_through_the_index(tmp_path) -> None:
     """COCO layout; image i has i % 7 + 1 captions. Vectors are then set so that only each image's LAST
     caption matches it (caption i·e_i), while its other captions lean to the next image: the rule
     'any true caption in the top k' gives image->text R@1 = 1, the naive first-caption rule does not."""
@@ -140,7 +140,7 @@ def test_one_to_seven_captions_per_image_through_the_index(tmp_path, capsys) -> 
     texts = random_captions(counts, seed=3)
     write_karpathy(tmp_path / "data" / "dataset_coco.json",
                    [karpathy_image(n, "test", t, "val2014") for n, t in zip(names, texts)], "coco")
-    code, _, stderr = run_cli(capsys, "index", "coco", "--data-dir", tmp_path / "data", "--name", "c7",
+    code, _, stderr = run_cli("index", "coco", "--data-dir", tmp_path / "data", "--name", "c7",
                               "--model", "tiny", "--pretrained", "none", "--workers", "0")
     assert code == 0, stderr
 
@@ -163,7 +163,7 @@ def test_one_to_seven_captions_per_image_through_the_index(tmp_path, capsys) -> 
     shuffled = [captions[j] for j in np.random.default_rng(0).permutation(len(captions))]  # table order must not matter
     index.store.add(CAPTIONS, rows_to_table(shuffled, captions_schema(dim)))
 
-    code, stdout, stderr = run_cli(capsys, "eval", "retrieval", "c7", "--json", "--out", tmp_path / "out")
+    code, stdout, stderr = run_cli("eval", "retrieval", "c7", "--json", "--out", tmp_path / "out")
     assert code == 0, stderr
     report = json.loads(stdout)
 
@@ -177,13 +177,13 @@ def test_one_to_seven_captions_per_image_through_the_index(tmp_path, capsys) -> 
     assert naive["image_to_text"]["R@1"] == counts.count(1) / len(names) != report["image_to_text"]["R@1"]
 
 
-def test_validation_style_vectors_give_the_same_report(tmp_path, capsys, tiny_encoder) -> None:
+def test_validation_style_vectors_give_the_same_report(tmp_path, tiny_encoder) -> None:
     """What the trainer's validation does: encode a split's images and captions in memory and call
     report_from_vectors; `eval retrieval` on the index of the same data must give the same numbers."""
     data = tmp_path / "shapes"
     generate_shapes(data, n=60, size=32, seed=0, split_fractions=(0.0, 0.0, 1.0))  # a test split only
     Index.create("shapes", encoder=tiny_encoder).add_folder(data, workers=0, progress=False)
-    code, stdout, stderr = run_cli(capsys, "eval", "retrieval", "shapes", "--json", "--out", tmp_path / "out")
+    code, stdout, stderr = run_cli("eval", "retrieval", "shapes", "--json", "--out", tmp_path / "out")
     assert code == 0, stderr
     indexed = json.loads(stdout)
 

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from cli_runner import run_cli
+
 from clipsearch.api import Index
 from clipsearch.errors import ClipsearchError
 from clipsearch.sources.images import open_uri
@@ -322,16 +324,6 @@ def test_an_index_that_cannot_be_opened_ends_the_app_with_its_message() -> None:
 
 
 # -- the command ------------------------------------------------------------------------
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    from clipsearch.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    return code, capsys.readouterr().err
-
 
 def test_tui_command_opens_the_index_in_the_app(shapes_index: Index, tmp_path: Path, capsys, monkeypatch) -> None:
     seen = {}
@@ -348,9 +340,9 @@ def test_tui_command_opens_the_index_in_the_app(shapes_index: Index, tmp_path: P
 
     monkeypatch.setattr(SearchApp, "run", run_headless)
     root = shapes_index.store.path.parent
-    assert run_cli(capsys, "tui", "shapes", "--root", root, "-k", "7", "--out", tmp_path) == (0, "")
+    assert run_cli("tui", "shapes", "--root", root, "-k", "7", "--out", tmp_path) == (0, "", "")
     assert seen["name"] == "shapes" and seen["k"] == 7 and seen["out"] == tmp_path
     assert seen["status"].startswith(f"model {shapes_index.spec.identity()} · 60 images · k=7")
 
-    code, err = run_cli(capsys, "tui", "nope", "--root", root)
+    code, _, err = run_cli("tui", "nope", "--root", root)
     assert code == 1 and err.startswith(f"error: unknown index 'nope' in {root}") and "Traceback" not in err

@@ -2,11 +2,9 @@
 shapes seen / held-out split), each checked against an independent computation: vectors read
 from the LanceDB table directly, prototypes from open_clip.build_zero_shot_classifier."""
 
-import io
 import json
 import pickle
 import re
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +18,6 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from clipsearch.cli import main
 from clipsearch.corruptions import CORRUPTIONS, Corruption, parse_corruption
 from clipsearch.errors import ClipsearchError
 from clipsearch.evaluate import corrupted_vectors, inferred_labels
@@ -30,26 +27,11 @@ from clipsearch.sources.images import open_uri
 from clipsearch.sources.shapes import class_names as shapes_class_names
 from clipsearch.sources.shapes import generate_shapes
 from clipsearch.zeroshot import zero_shot_accuracy
+from cli_runner import run_cli, run_json
 
 TINY = ["--model", "tiny", "--pretrained", "none"]
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """`clipsearch ARGS` in this process: (exit code, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            main([str(arg) for arg in args])
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    return code, stdout.getvalue(), stderr.getvalue()
-
-
-def run_json(*args: str):
-    code, stdout, stderr = run_cli(*args, "--json")
-    assert code == 0, stderr
-    return json.loads(stdout)
 
 
 def stored(root: Path, name: str, where: str | None = None) -> dict:
