@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 os.environ.setdefault("LANCEDB_LOG", "error")  # lance logs a warning for every new table
 
 import lancedb  # noqa: E402
+from lancedb.index import BTree  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
@@ -261,7 +262,7 @@ class Store:
         images = self.images
         if images.count_rows() and not any(i.columns == ["key"] for i in images.list_indices()):
             # Search fetches its hits by key; without this every query scans the table.
-            images.create_scalar_index("key")
+            images.create_index("key", config=BTree())
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -3,7 +3,7 @@
 from importlib import import_module
 
 # One module per feature, so that features stay separate (train, zeroshot, ...).
-COMMAND_MODULES: list[str] = ["demo", "retrieval", "zeroshot", "probe", "tui"]
+COMMAND_MODULES: list[str] = ["demo", "retrieval", "zeroshot", "tui", "probe", "train"]
 
 
 def register_all() -> None:
