@@ -175,11 +175,14 @@ def default_device() -> torch.device:
 class Encoder:
     """Turns images and texts into L2-normalised float32 vectors."""
 
-    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None, batch_size: int = 64):
+    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None, batch_size: int = 64,
+                 built: tuple[torch.nn.Module, Callable | None, Callable] | None = None):
+        """`built` = (model, train transform, eval transform) already in memory, e.g. the model
+        being trained, so validation embeds through exactly the code an index uses."""
         self.spec = spec
         self.device = torch.device(device) if device else default_device()
         self.batch_size = batch_size
-        self.model, self.train_transform, self.preprocess = build_model(spec, self.device)
+        self.model, self.train_transform, self.preprocess = built or build_model(spec, self.device)
         self.tokenizer = open_clip.get_tokenizer(spec.arch)
         with torch.inference_mode():  # the embedding width, whatever the tower types
             self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])

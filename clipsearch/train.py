@@ -285,22 +285,6 @@ def contrastive_backward(
 # --------------------------------------------------------------------------
 
 
-class LiveEncoder(Encoder):
-    """An `Encoder` around a model already in memory (the one being trained).
-
-    Validation then embeds with exactly `Encoder.encode_image_tensors` /
-    `encode_texts`, the code an index is built and queried with.
-    `Encoder.__init__` is deliberately not called: it would build a new model.
-    """
-
-    def __init__(self, spec: ModelSpec, model: torch.nn.Module, preprocess: Callable, device: torch.device, batch_size: int = 256):
-        self.spec, self.model, self.preprocess, self.train_transform = spec, model, preprocess, None
-        self.device, self.batch_size = device, batch_size
-        self.tokenizer = open_clip.get_tokenizer(spec.arch)
-        with torch.inference_mode():
-            self.dim = int(model.encode_text(self.tokenizer(["a"]).to(device)).shape[-1])
-
-
 def chance_levels(n_images: int, captions_per_image: np.ndarray | None, n_classes: int) -> dict[str, float]:
     """What a random ranking (recall@k) or a uniform guess (zero-shot top-1) scores on the same set.
 
@@ -529,7 +513,8 @@ class _Run:
 
         _seed_everything(config.seed)
         self.model, train_tf, eval_tf = build_trainable(self.spec, config.seed, self.device)
-        self.encoder = LiveEncoder(self.spec, self.model, eval_tf, self.device)
+        # Validation embeds through the Encoder code path an index uses, on the live model.
+        self.encoder = Encoder(self.spec, self.device, batch_size=256, built=(self.model, None, eval_tf))
         self.optimizer = make_optimizer(self.model, config.lr, config.wd)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.lr, total_steps, warmup)
         self.autocast, self.scaler = _autocast(self.device)

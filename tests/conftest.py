@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-import warnings
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CLIPSEARCH_OFFLINE"] = "1"
 os.environ.setdefault("LANCEDB_LOG", "error")
-warnings.filterwarnings("ignore", message=".*random weights.*")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see clipsearch/cli.py
 
 # Tiny test models gain nothing from intra-op threads; on 2 shared cores they only contend.
 import torch  # noqa: E402

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from clipsearch.api import Index
-from clipsearch.cli import main
 from clipsearch.encoder import ModelSpec, load_state_dict
 from clipsearch.errors import ClipsearchError
 from clipsearch.sources.shapes import class_names, generate_shapes
@@ -29,6 +28,7 @@ from clipsearch.train import (
     train,
 )
 from clipsearch.train_data import load_training_data
+from cli_runner import run_cli
 
 # 320 train / 40 val / 40 test images of 32 px: a few seconds per epoch with the tiny model.
 N_IMAGES = 400
@@ -37,13 +37,6 @@ ARCH = "tiny-rn"  # the small CNN CLIP the demo trains
 FAST = dict(arch=ARCH, batch_size=32, lr=5e-3, workers=0)
 SHORT_EPOCHS = 6  # 60 optimizer steps: recall@5 goes from chance to several times chance
 
-
-def run_cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return done.value.code or 0, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +148,14 @@ def test_validation_numbers_match_an_index_of_the_checkpoint(trained, shapes: Pa
     assert zero_shot["held_out"]["top1"] == pytest.approx(best["zs_heldout_top1"])
 
 
-def test_checkpoint_indexes_and_searches_through_the_cli(trained, shapes: Path, tmp_path: Path, capsys) -> None:
+def test_checkpoint_indexes_and_searches_through_the_cli(trained, shapes: Path, tmp_path: Path) -> None:
     out, _ = trained
     checkpoint = out / "best.safetensors"
     root = tmp_path / "idx"
-    code, _, err = run_cli(capsys, "index", shapes, "--name", "s", "--model", ARCH, "--pretrained", checkpoint,
+    code, _, err = run_cli("index", shapes, "--name", "s", "--model", ARCH, "--pretrained", checkpoint,
                            "--workers", "0", "--root", root, "--json")
     assert code == 0, err
-    code, stdout, err = run_cli(capsys, "search", "s", "a red circle", "-k", "5", "--json", "--root", root)
+    code, stdout, err = run_cli("search", "s", "a red circle", "-k", "5", "--json", "--root", root)
     assert code == 0, err
     hits = json.loads(stdout)
     assert len(hits) == 5 and all("red" in hit["label_name"] for hit in hits[:3])
@@ -248,22 +241,22 @@ def test_per_sample_seeds_are_stable_and_distinct() -> None:
     assert len({derived_seed(0, e, i) for e in range(3) for i in range(100)}) == 300
 
 
-def test_shapes_and_train_commands(tmp_path: Path, capsys) -> None:
+def test_shapes_and_train_commands(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    code, stdout, err = run_cli(capsys, "shapes", data, "--n", 200, "--size", 32, "--seed", 2,
+    code, stdout, err = run_cli("shapes", data, "--n", 200, "--size", 32, "--seed", 2,
                                 "--holdout", "red star,green cross", "--json")
     assert code == 0, err
     assert json.loads(stdout)["holdout"] == ["red star", "green cross"]
     run = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "train", data, "--arch", ARCH, "--epochs", 1, "--batch-size", 32,
+    code, stdout, err = run_cli("train", data, "--arch", ARCH, "--epochs", 1, "--batch-size", 32,
                                 "--accum-steps", 2, "--workers", 0, "--out", run, "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["epochs_done"] == 1 and Path(summary["checkpoints"]["best"]).is_file()
     assert json.loads((run / "config.json").read_text())["train"]["accum_steps"] == 2
-    code, _, err = run_cli(capsys, "train", data, "--arch", ARCH, "--out", run)
+    code, _, err = run_cli("train", data, "--arch", ARCH, "--out", run)
     assert code == 1 and "--resume" in err and "Traceback" not in err
-    code, _, err = run_cli(capsys, "train", tmp_path / "missing", "--arch", ARCH)
+    code, _, err = run_cli("train", tmp_path / "missing", "--arch", ARCH)
     assert code == 1 and "not found" in err
 
 
@@ -295,19 +288,19 @@ def test_cifar_trains_on_class_prompts(tmp_path: Path) -> None:
     assert result.best_epoch == 1 and result.chance["zs_top1"] == pytest.approx(0.1)
 
 
-def test_mini_trains_one_epoch_and_its_checkpoint_searches(tmp_path: Path, capsys) -> None:
+def test_mini_trains_one_epoch_and_its_checkpoint_searches(tmp_path: Path) -> None:
     """Acceptance check 4 in small: the ResNet18 `mini` trains an epoch on shapes, then indexes and searches."""
     data = tmp_path / "shapes"
     generate_shapes(data, n=100, size=64, seed=5)
     run = tmp_path / "mini"
-    code, stdout, err = run_cli(capsys, "train", data, "--arch", "mini", "--epochs", 1, "--batch-size", 16,
+    code, stdout, err = run_cli("train", data, "--arch", "mini", "--epochs", 1, "--batch-size", 16,
                                 "--workers", 0, "--out", run, "--json")
     assert code == 0, err
     assert json.loads(stdout)["epochs_done"] == 1
     root = tmp_path / "idx"
-    code, _, err = run_cli(capsys, "index", data, "--name", "m", "--model", "mini", "--pretrained",
+    code, _, err = run_cli("index", data, "--name", "m", "--model", "mini", "--pretrained",
                            run / "best.safetensors", "--workers", 0, "--root", root, "--json")
     assert code == 0, err
-    code, stdout, err = run_cli(capsys, "search", "m", "a blue square", "-k", "3", "--json", "--root", root)
+    code, stdout, err = run_cli("search", "m", "a blue square", "-k", "3", "--json", "--root", root)
     assert code == 0, err
     assert len(json.loads(stdout)) == 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, List, Optional
@@ -14,11 +13,6 @@ from rich.table import Table
 from ..cli import app, out
 from ..errors import ClipsearchError
 
-# OpenMP threads that spin while waiting take the cores from each other as soon as the machine
-# is busy: a training step measured 10x slower with 2 threads than with 1 on a loaded 2-core
-# machine, and 3x faster with passive waiting. Read once when torch loads, which the CLI does
-# lazily, after this module is imported. (Belongs in cli.py; harmless for every command.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @app.command("shapes")
