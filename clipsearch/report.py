@@ -341,3 +341,15 @@ def comparison_table(rows: Mapping[str, Mapping[str, Any]], class_names: Sequenc
     for name in class_names:
         add(str(name), [accuracy_by_class[m].get(str(name)) for m in methods])
     return table
+
+
+def label_counts_table(counts: Mapping[str, int], title: str) -> Table:
+    """How many images each label got (after `classify` or `probe apply`), with shares and a total."""
+    total = sum(counts.values())
+    table = Table(title=title)
+    for column, justify in (("label", "left"), ("images", "right"), ("%", "right")):
+        table.add_column(column, justify=justify)
+    for label, count in counts.items():
+        table.add_row(escape(label), str(count), f"{100 * count / max(total, 1):.1f}")
+    table.add_row("[bold]total[/bold]", f"[bold]{total}[/bold]", "", end_section=True)
+    return table

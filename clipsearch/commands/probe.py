@@ -147,6 +147,7 @@ def apply_cmd(
     """Label every image with the probe: probe_label, probe_score (probability), probe_name;
     then `search NAME ... --where "probe_label = 'cat'"` works."""
     from ..probes import Probe, apply_probe, find_probe
+    from ..report import label_counts_table
 
     index = _open_index(name, root)
     probe = Probe.load(find_probe(index, probe_spec))
@@ -154,13 +155,7 @@ def apply_cmd(
     if as_json:
         out.print_json(json.dumps(result))
         return
-    table = Table(title=f"probe {escape(probe.name)} labels of '{escape(index.name)}'")
-    for column, justify in (("label", "left"), ("images", "right"), ("%", "right")):
-        table.add_column(column, justify=justify)
-    for label, count in result["counts"].items():
-        table.add_row(escape(label), str(count), f"{100 * count / max(result['n'], 1):.1f}")
-    table.add_row("[bold]total[/bold]", f"[bold]{result['n']}[/bold]", "", end_section=True)
-    out.print(table)
+    out.print(label_counts_table(result["counts"], f"probe {escape(probe.name)} labels of '{escape(index.name)}'"))
     err.print(f"{result['n']} images labelled in {result['seconds']:.1f} s; filter with --where \"probe_label = '...'\"", highlight=False)
 
 

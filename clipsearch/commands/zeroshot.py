@@ -44,6 +44,7 @@ def classify_cmd(
     so that `search NAME ... --where "zs_label = 'cat'"` works."""
     from ..prompts import default_templates
     from ..zeroshot import classify_index, live_image_count, prototypes_for
+    from ..report import label_counts_table
 
     index = _open_index(name, root, model, pretrained)
     class_names, prototypes = prototypes_for(index.encoder, labels, templates or default_templates(labels))
@@ -52,13 +53,7 @@ def classify_cmd(
     if as_json:
         out.print_json(json.dumps({"index": index.name, **result.to_dict()}))
         return
-    table = Table(title=f"zero-shot labels of '{escape(index.name)}' ({len(class_names)} classes from {escape(labels)})")
-    for column, justify in (("label", "left"), ("images", "right"), ("%", "right")):
-        table.add_column(column, justify=justify)
-    for label, count in result.counts.items():
-        table.add_row(escape(label), str(count), f"{100 * count / max(result.n, 1):.1f}")
-    table.add_row("[bold]total[/bold]", f"[bold]{result.n}[/bold]", "", end_section=True)
-    out.print(table)
+    out.print(label_counts_table(result.counts, f"zero-shot labels of '{escape(index.name)}' ({len(class_names)} classes from {escape(labels)})"))
     err.print(f"{result.n} images labelled in {result.seconds:.1f} s; filter with --where \"zs_label = '...'\"", highlight=False)
 
 
