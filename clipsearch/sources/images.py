@@ -60,7 +60,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def decode_image(source: str | Path | bytes, min_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a file (or its bytes) to an upright RGB image.
 
-    `min_size` lets JPEGs decode at a reduced DCT scale (Image.draft, ~4x faster
+    `min_size` lets JPEGs decode at a reduced DCT scale (Image.draft, 2-3x faster here
     for camera photos) while both sides stay >= min_size, so the model's own
     resize still starts from at least its input resolution.
     """
