@@ -28,7 +28,7 @@ from .sources.annotations import annotate_folder_items
 from .sources.datasets import dataset_items
 from .sources.folder import scan_folder
 from .sources.items import Item
-from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, vectors_of
+from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, sql_quote, vectors_of
 
 FAISS_FILE = "images.faiss"
 LABEL_BATCH = 8192  # rows scored and written per batch by write_labels
@@ -248,6 +248,17 @@ class Index:
 
     def rows(self, where: str | None = None, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
         return self.store.scan(IMAGES, columns, where if include_deleted else _and(where, ACTIVE))
+
+    def split_rows(self, split: str, columns: Sequence[str]) -> pa.Table:
+        """Live rows of a split (`all`: every split), refused with the existing splits when empty."""
+        rows = self.rows(None if split == "all" else f"split = {sql_quote(split)}", columns)
+        if rows.num_rows == 0:
+            splits = sorted({s for s in self.rows(columns=["split"]).column("split").to_pylist() if s})
+            raise ClipsearchError(
+                f"index '{self.name}' has no images in split {split!r} (splits: {', '.join(splits) or 'none'}; "
+                "--split all takes every image)"
+            )
+        return rows
 
     def vectors(self, where: str | None = None) -> tuple[list[str], np.ndarray]:
         """(ids, unit vectors) of the live rows matching a filter, in table order."""

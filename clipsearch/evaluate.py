@@ -27,7 +27,7 @@ from .metrics import classification_report
 from .prompts import LABEL_SETS, default_templates, resolve_labels, resolve_templates
 from .report import plot_confusion, write_json
 from .sources.images import ImageDecodeError, open_uri
-from .store import sql_quote, vectors_of
+from .store import vectors_of
 from .zeroshot import PrototypeIndex, class_prototypes, holdout_accuracy, label_indices
 
 if TYPE_CHECKING:
@@ -88,22 +88,6 @@ def shapes_holdout(index: "Index") -> list[str] | None:
         if meta and meta.get("holdout"):
             return list(meta["holdout"])
     return None
-
-
-def split_filter(split: str) -> str | None:
-    """The `images` filter for a split; `all` means every live image."""
-    return None if split == "all" else f"split = {sql_quote(split)}"
-
-
-def _split_rows(index: "Index", split: str):
-    rows = index.rows(split_filter(split), ["id", "uri", "label_name", "vector"])
-    if rows.num_rows == 0:
-        splits = sorted({s for s in index.rows(columns=["split"]).column("split").to_pylist() if s})
-        raise ClipsearchError(
-            f"index '{index.name}' has no images in split {split!r} (splits: {', '.join(splits) or 'none'}; "
-            "--split all takes every image)"
-        )
-    return rows
 
 
 # -- corrupted images, encoded again ---------------------------------------------------------
@@ -194,7 +178,7 @@ def evaluate_zero_shot(
     specs = list(templates or [default_templates(labels)])
     prompts = {name: resolve_templates(spec, class_names) for name, spec in zip(_template_names(specs), specs)}
 
-    rows = _split_rows(index, split)
+    rows = index.split_rows(split, ["id", "uri", "label_name", "vector"])
     truth = label_indices(rows.column("label_name").to_pylist(), class_names)
     keep = truth >= 0
     if not keep.any():

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
 from .errors import ClipsearchError
-from .evaluate import inferred_labels, split_filter, write_classification_outputs
+from .evaluate import inferred_labels, write_classification_outputs
 from .metrics import classification_report, topk_accuracy
 from .prompts import default_templates, resolve_labels, resolve_templates
 from .report import write_json
@@ -126,11 +126,8 @@ class Features:
 
 
 def _split_rows(index: "Index", split: str, columns: Sequence[str]) -> pa.Table:
-    rows = index.rows(split_filter(split), list(columns))  # "all": every live image
-    if rows.num_rows == 0:
-        splits = sorted({s for s in index.rows(columns=["split"]).column("split").to_pylist() if s})
-        raise ClipsearchError(f"index '{index.name}' has no images in split {split!r} (its splits: {', '.join(splits) or 'none'})")
-    return rows.sort_by("id")  # a fixed row order, whatever the table's layout, for reproducible training
+    # A fixed row order, whatever the table's layout, for reproducible training.
+    return index.split_rows(split, list(columns)).sort_by("id")
 
 
 def split_features(index: "Index", split: str, class_names: Sequence[str]) -> Features:

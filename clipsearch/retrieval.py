@@ -22,7 +22,7 @@ import numpy as np
 from .errors import ClipsearchError
 from .metrics import retrieval_report
 from .report import plot_recall_curves, write_json
-from .store import CAPTIONS, sql_in, sql_quote, vectors_of
+from .store import CAPTIONS, sql_in, vectors_of
 
 if TYPE_CHECKING:
     from .api import Index
@@ -47,20 +47,10 @@ class RetrievalSet:
     caption_vectors: np.ndarray  # (n_captions, dim), unit rows
 
 
-def split_filter(split: str) -> str | None:
-    """The `images` filter for a split; `all` means every live image."""
-    return None if split == "all" else f"split = {sql_quote(split)}"
-
-
 def load_retrieval_set(index: "Index", split: str = "test") -> RetrievalSet:
     """The live images of `split` and the captions of exactly those images, in table order."""
-    image_ids, image_vectors = index.vectors(split_filter(split))
-    if not image_ids:
-        splits = sorted({s for s in index.rows(columns=["split"]).column("split").to_pylist() if s})
-        raise ClipsearchError(
-            f"index '{index.name}' has no images in split {split!r} (splits: {', '.join(splits) or 'none'}; "
-            "--split all takes every image)"
-        )
+    images = index.split_rows(split, ["id", "vector"])
+    image_ids, image_vectors = images.column("id").to_pylist(), vectors_of(images)
     caption_ids: list[str] = []
     caption_vectors: list[np.ndarray] = []
     for start in range(0, len(image_ids), _IDS_PER_QUERY):
