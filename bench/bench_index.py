@@ -126,7 +126,7 @@ def raw_throughput(encoder, batch_size: int, seconds: float) -> tuple[float, flo
 
 def decode_profile(folder: Path, encoder, samples: int) -> dict:
     """Mean ms per picture: full decode vs draft decode, preprocessing, content hashing."""
-    from clipsearch.indexer import file_hash
+    from clipsearch.index.sync import file_hash
     from clipsearch.sources.images import decode_image
 
     paths = sorted(folder.rglob("*.jpg"))[:samples]
@@ -196,10 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from clipsearch import indexer
-    from clipsearch.api import Index
-    from clipsearch.encoder import Encoder
-    from clipsearch.indexer import default_workers
+    from clipsearch.index import sync as indexer
+    from clipsearch.index.index import Index
+    from clipsearch.model.encoder import Encoder
+    from clipsearch.index.sync import default_workers
 
     # Time the planning step (stat + content hash of every new file) that precedes encoding.
     plan_seconds: list[float] = []

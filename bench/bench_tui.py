@@ -37,13 +37,13 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LANCEDB_LOG", "error")
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
-from clipsearch import ann  # noqa: E402
-from clipsearch.api import Index  # noqa: E402
-from clipsearch.encoder import Encoder  # noqa: E402
-from clipsearch.report import write_json  # noqa: E402
+from clipsearch.index import ann  # noqa: E402
+from clipsearch.index.index import Index  # noqa: E402
+from clipsearch.model.encoder import Encoder
+from clipsearch.files import write_json
 from clipsearch.sources.shapes import COLOURS, SHAPES  # noqa: E402
-from clipsearch.store import IMAGES, images_schema, rows_to_table  # noqa: E402
-from clipsearch.tui import Query, SearchApp, run_query, warm_model  # noqa: E402
+from clipsearch.index.store import IMAGES, images_schema, rows_to_table  # noqa: E402
+from clipsearch.tui.app import Query, SearchApp, run_query, warm_model  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "none"), "ViT-B-32": ("ViT-B-32", "none")}
 TEXTS = [f"a photo of a {size} {colour} {shape}" for size in ("small", "large") for colour in COLOURS for shape in SHAPES]

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LANCEDB_LOG", "error")
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
-from clipsearch.api import Index  # noqa: E402
+from clipsearch.index.index import Index  # noqa: E402
 from clipsearch.sources.shapes import generate_shapes  # noqa: E402
-from clipsearch.tui import ImagePreview, SearchApp  # noqa: E402
+from clipsearch.tui.app import ImagePreview, SearchApp  # noqa: E402
 
 
 async def screenshot(index: Index, query: str, size: tuple[int, int], out: Path) -> None:

@@ -9,11 +9,11 @@ __all__ = ["ClipsearchError", "Encoder", "Index", "ModelSpec"]
 def __getattr__(name: str):
     # torch/open_clip load only when the API is used, so `--help` stays fast.
     if name == "Index":
-        from .api import Index
+        from .index.index import Index
 
         return Index
     if name in ("Encoder", "ModelSpec"):
-        from . import encoder
+        from .model import encoder
 
         return getattr(encoder, name)
     raise AttributeError(name)

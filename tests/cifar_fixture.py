@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch.prompts import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES
+from clipsearch.tasks.prompts import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES
 from clipsearch.sources.cifar import IMAGE_SIDE, VARIANTS
 
 # The official CIFAR-100 fine names are the prompt names with underscores.

@@ -7,7 +7,7 @@ import json
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
-from clipsearch.cli import main
+from clipsearch.cli.app import main
 
 
 def run_cli(*args: object) -> tuple[int, str, str]:

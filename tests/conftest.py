@@ -40,6 +40,6 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """The shipped tiny architecture with seeded random weights (fast on CPU)."""
-    from clipsearch.encoder import Encoder
+    from clipsearch.model.encoder import Encoder
 
     return Encoder.load("tiny", "none", device="cpu")

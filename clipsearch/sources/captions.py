@@ -21,8 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from clipsearch.errors import ClipsearchError
-from clipsearch.sources.download import data_root
+from ..errors import ClipsearchError
+from .download import data_root
 
 SIDECAR_NAMES: tuple[str, ...] = ("captions.jsonl", "captions.csv", "Flickr8k.token.txt")
 FLICKR8K_SPLIT_FILES: dict[str, str] = {

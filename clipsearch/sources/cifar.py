@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clipsearch.errors import ClipsearchError
-from clipsearch.sources.download import data_root, fetch
-from clipsearch.sources.items import Item
+from ..errors import ClipsearchError
+from .download import data_root, fetch
+from .items import Item
 
 IMAGE_SIDE = 32
 IMAGE_BYTES = 3 * IMAGE_SIDE * IMAGE_SIDE

@@ -14,7 +14,7 @@ from typing import BinaryIO
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from clipsearch.errors import ClipsearchError
+from ..errors import ClipsearchError
 
 # Either variable forbids network access; HF_HUB_OFFLINE is honoured too because
 # users who set it for the model cache expect the whole tool to stay offline.

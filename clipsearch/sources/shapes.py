@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clipsearch.errors import ClipsearchError
+from ..errors import ClipsearchError
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 

@@ -1,0 +1,157 @@
+"""Zero-shot commands: `classify` (label the index), `predict` (label image files),
+`eval zeroshot` (accuracy of a split, optionally under a corruption)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .common import ModelOpt, PretrainedOpt, RootOpt, open_index, err, out
+
+LabelsOpt = typer.Option(..., "--labels", help="Label set: cifar10, cifar100, shapes, a file (one label per line) or cat,dog,bird.")
+TemplatesHelp = ("Template set: cifar (18), imagenet (80), simple, shapes, a file (one template with {} per line) "
+                 "or a .json of per-class prompts (default: the label set's usual one).")
+
+
+@contextmanager
+def _progress(description: str, visible: bool = True, total: int | None = None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar on stderr; yields (advance by n items, set the total)."""
+    with Progress(TextColumn(f"[bold]{escape(description)}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=err, disable=not visible) as progress:
+        task = progress.add_task(description, total=total)
+        yield (lambda n: progress.advance(task, n)), (lambda n: progress.update(task, total=n))
+
+
+# -- classify ----------------------------------------------------------------------------
+def classify_cmd(
+    name: str = typer.Argument(..., help="Index name."),
+    labels: str = LabelsOpt,
+    templates: Optional[str] = typer.Option(None, "--templates", help=TemplatesHelp),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    root: Optional[Path] = RootOpt,
+) -> None:
+    """Label every image with its nearest class prototype (zs_label, zs_score, zs_labelset),
+    so that `search NAME ... --where "zs_label = 'cat'"` works."""
+    from ..tasks.prompts import default_templates
+    from ..tasks.zeroshot import classify_index, live_image_count, prototypes_for
+    from ..present.tables import label_counts_table
+
+    index = open_index(name, root, model, pretrained)
+    class_names, prototypes = prototypes_for(index.encoder, labels, templates or default_templates(labels))
+    with _progress("classifying", not as_json, live_image_count(index)) as (advance, _):
+        result = classify_index(index, class_names, prototypes, labels, on_batch=advance)
+    if as_json:
+        out.print_json(json.dumps({"index": index.name, **result.to_dict()}))
+        return
+    out.print(label_counts_table(result.counts, f"zero-shot labels of '{escape(index.name)}' ({len(class_names)} classes from {escape(labels)})"))
+    err.print(f"{result.n} images labelled in {result.seconds:.1f} s; filter with --where \"zs_label = '...'\"", highlight=False)
+
+
+# -- predict -----------------------------------------------------------------------------
+def predict_cmd(
+    images: List[str] = typer.Argument(..., help="Image files."),
+    labels: str = LabelsOpt,
+    k: int = typer.Option(5, "-k", "--k", help="Number of classes to show per image."),
+    templates: Optional[str] = typer.Option(None, "--templates", help=TemplatesHelp),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Use the model of this index (instead of --model/--pretrained)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one entry per image."),
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    root: Optional[Path] = RootOpt,
+) -> None:
+    """Top-k classes of images with softmax(100 · cosine) confidences over the whole label set."""
+    from ..model.encoder import Encoder
+    from ..errors import ClipsearchError
+    from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
+    from ..index.query import load_query_image
+    from ..tasks.zeroshot import class_prototypes, predict_images
+
+    class_names = resolve_labels(labels)
+    if not 1 <= k <= len(class_names):  # checked before the model loads
+        raise ClipsearchError(f"-k must be between 1 and the number of classes ({len(class_names)}), got {k}")
+    if index_name and (model or pretrained):
+        raise ClipsearchError("choose one of --index and --model/--pretrained")
+    prompts = resolve_templates(templates or default_templates(labels), class_names)
+    pixels = [load_query_image(path) for path in images]
+    encoder = open_index(index_name, root).encoder if index_name else Encoder.load(model, pretrained)
+    predictions = predict_images(encoder, pixels, class_names, class_prototypes(encoder, prompts), k)
+    if as_json:
+        out.print_json(json.dumps([
+            {"image": path, "predictions": [{"rank": rank, "label": p.label, "probability": p.probability, "cosine": p.cosine}
+                                            for rank, p in enumerate(ranked, 1)]}
+            for path, ranked in zip(images, predictions)
+        ]))
+        return
+    for path, ranked in zip(images, predictions):
+        table = Table(title=escape(path))
+        for column, justify in (("rank", "right"), ("label", "left"), ("confidence", "right"), ("cosine", "right")):
+            table.add_column(column, justify=justify)
+        for rank, p in enumerate(ranked, 1):
+            table.add_row(str(rank), escape(p.label), f"{100 * p.probability:.2f} %", f"{p.cosine:.4f}")
+        out.print(table)
+
+
+# -- eval zeroshot -----------------------------------------------------------------------
+def eval_zeroshot_cmd(
+    name: str = typer.Argument(..., help="Index name."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label set (default: the indexed dataset's classes: cifar10, cifar100, shapes)."),
+    templates: Optional[str] = typer.Option(None, "--templates", help="Comma-separated template sets to compare. " + TemplatesHelp),
+    split: str = typer.Option("test", "--split", help="Split to evaluate: train, val, test or all."),
+    corruption: Optional[str] = typer.Option(None, "--corruption", help="NAME:SEVERITY (1-5): re-encode the images corrupted "
+                                             "(gaussian_noise, shot_noise, gaussian_blur, contrast, brightness, jpeg)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and confusion.png (default: <index>/eval/zeroshot-<split>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch when re-encoding (--corruption)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes when re-encoding (default: cores - 1, at most 4)."),
+    model: Optional[str] = ModelOpt,
+    pretrained: Optional[str] = PretrainedOpt,
+    root: Optional[Path] = RootOpt,
+) -> None:
+    """Zero-shot top-1, top-5, mean per-class recall, per-class accuracy and confusion matrix of a split."""
+    from ..tasks.corruptions import parse_corruption
+    from ..tasks.zeroshot_eval import default_out_dir, evaluate_zero_shot, parse_template_specs, write_zero_shot_outputs
+    from ..index.sync import default_workers
+    from ..present.tables import classification_table, comparison_table
+
+    shift = parse_corruption(corruption) if corruption else None
+    specs = parse_template_specs(templates)
+    index = open_index(name, root, model, pretrained)
+    with _progress(f"encoding images with {corruption}", not as_json and shift is not None) as (advance, set_total):
+        result, class_names = evaluate_zero_shot(
+            index, labels, specs, split, shift, batch_size, default_workers() if workers is None else workers,
+            on_batch=advance, on_start=set_total,
+        )
+    files = write_zero_shot_outputs(result, class_names, out_dir or default_out_dir(index, split, shift))
+    if as_json:
+        out.print_json(json.dumps({**result, "files": {kind: str(path) for kind, path in files.items()}}))
+        return
+    setting = f"{result['labels']}, split {split}" + (f", corrupted {result['corruption']}" if shift else "")
+    reports = result.get("template_sets") or {result["templates"]: result}
+    if len(reports) == 1:
+        out.print(classification_table(result, f"zero-shot '{index.name}' ({setting}, templates {result['templates']})"))
+    else:
+        out.print(f"zero-shot '{escape(index.name)}' ({setting}): {len(reports)} template sets compared, accuracy %")
+        out.print(comparison_table(reports, class_names))
+    for template_name, report in reports.items():
+        if "seen" in report:
+            out.print(f"{template_name}: {_holdout_line(report)}", highlight=False)
+    if result["excluded"]:
+        err.print(f"warning: {result['excluded']} images with a label outside '{result['labels']}' were left out", highlight=False)
+    err.print("\n".join(f"{kind}: {path}" for kind, path in files.items()), highlight=False, soft_wrap=True)
+
+
+def _holdout_line(report: dict) -> str:
+    def percent(part: dict) -> str:
+        return "-" if part["top1"] is None else f"{100 * part['top1']:.2f} %"
+
+    seen, held = report["seen"], report["held_out"]
+    return f"seen classes: {percent(seen)} top-1 of {seen['n']}; held-out classes: {percent(held)} top-1 of {held['n']}"

@@ -1,0 +1,127 @@
+"""Queries: parse rclip-style weighted terms, embed them, combine into one unit vector,
+and run it against the FAISS index (with an optional LanceDB SQL filter).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..model.encoder import Encoder
+from ..errors import ClipsearchError
+from ..sources.images import ImageDecodeError, decode_image, is_image_file
+
+_WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*:(.*)$", re.S)
+_OPERATORS = ("+", "-")
+
+
+@dataclass
+class QueryTerm:
+    weight: float  # negative for "-" terms
+    text: str | None = None
+    image: Image.Image | None = None
+    label: str = ""  # how the user wrote it, for messages
+
+
+def _split_inline(token: str) -> list[str]:
+    """`"a dog + 2:snow - grass"` written as one argument becomes separate tokens."""
+    return [part for part in re.split(r"\s+([+-])\s+", token) if part != ""]
+
+
+def _term(raw: str, sign: float) -> QueryTerm:
+    weight, body = 1.0, raw
+    match = _WEIGHT.match(raw)
+    if match and not Path(raw).exists():
+        weight, body = float(match.group(1)), match.group(2)
+    body = body.strip()
+    if not body:
+        raise ClipsearchError(f"empty query term in {raw!r}")
+    path = Path(body).expanduser()
+    # An image file that exists, or a path-like name of one (a typo must not become a text query).
+    if is_image_file(path) and (path.is_file() or "/" in body or not any(c.isspace() for c in body)):
+        return QueryTerm(sign * weight, image=load_query_image(path), label=body)
+    return QueryTerm(sign * weight, text=body, label=body)
+
+
+def load_query_image(image: str | Path | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise ClipsearchError(f"query image not found: {image}")
+    try:
+        return decode_image(path)
+    except ImageDecodeError as err:
+        raise ClipsearchError(f"cannot read query image {image}: {err}") from None
+
+
+def parse_query(tokens: str | Sequence[str] | None, images: Sequence[str | Path | Image.Image] = ()) -> list[QueryTerm]:
+    """Terms joined by `+`/`-`; `W:term` weighs a term; an existing image path is an image term."""
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    flat = [part for token in (tokens or []) for part in _split_inline(token)]
+    terms: list[QueryTerm] = []
+    sign, words = 1.0, []
+    for token in flat + ["+"]:
+        if token in _OPERATORS:
+            if words:
+                terms.append(_term(" ".join(words), sign))
+                words = []
+            sign = 1.0 if token == "+" else -1.0
+        else:
+            words.append(token)
+    terms += [QueryTerm(1.0, image=load_query_image(image), label=str(getattr(image, "filename", "") or image)) for image in images]
+    if not terms:
+        raise ClipsearchError("empty query: give text, an image path, or --image PATH")
+    return terms
+
+
+def embed_query(encoder: Encoder, terms: Sequence[QueryTerm]) -> np.ndarray:
+    """Weighted sum of the terms' unit embeddings, re-normalised: a (dim,) unit vector."""
+    texts = [t for t in terms if t.text is not None]
+    images = [t for t in terms if t.image is not None]
+    vectors = {}
+    if texts:
+        vectors.update(zip(map(id, texts), encoder.encode_texts([t.text for t in texts])))
+    if images:
+        vectors.update(zip(map(id, images), encoder.encode_images([t.image for t in images])))
+    combined = sum(t.weight * vectors[id(t)] for t in terms)
+    norm = float(np.linalg.norm(combined))
+    if norm < 1e-6:
+        raise ClipsearchError("the query terms cancel each other out; change a weight or a term")
+    return (combined / norm).astype(np.float32)
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    row: dict[str, Any]  # the stored row, without its vector
+
+    @property
+    def id(self) -> str:
+        return self.row["id"]
+
+    @property
+    def uri(self) -> str:
+        return self.row["uri"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": round(self.score, 6), **self.row}
+
+
+def top_k_exact(query: np.ndarray, keys: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, keys) of the k best rows by exact inner product (stable order on ties)."""
+    scores = vectors @ query
+    order = np.argsort(-scores, kind="stable")[:k]
+    return scores[order], keys[order]
+
+
+def check_k(k: int) -> None:
+    if k <= 0:
+        raise ClipsearchError(f"-k must be a positive number of results (got {k})")

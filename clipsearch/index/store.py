@@ -1,0 +1,268 @@
+"""One index = one folder: LanceDB tables (the source of truth), manifest.json, a writer lock.
+
+The FAISS file beside them is derived data (see ann.py); this module only
+knows where it lives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+os.environ.setdefault("LANCEDB_LOG", "error")  # lance logs a warning for every new table
+
+import lancedb  # noqa: E402
+from lancedb.index import BTree  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from ..errors import ClipsearchError  # noqa: E402
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+IMAGES, CAPTIONS, SKIPPED = "images", "captions", "skipped"
+# Columns that later tasks (classify, probe apply) fill in; declared up front so
+# every index has one schema.
+ANNOTATION_FIELDS = [
+    pa.field("zs_label", pa.string()),
+    pa.field("zs_score", pa.float32()),
+    pa.field("zs_labelset", pa.string()),
+    pa.field("probe_label", pa.string()),
+    pa.field("probe_score", pa.float32()),
+    pa.field("probe_name", pa.string()),
+]
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CLIPSEARCH_HOME") or "indexes")
+
+
+def vector_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def images_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("key", pa.int64(), nullable=False),
+            pa.field("uri", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("split", pa.string()),
+            pa.field("label", pa.int64()),
+            pa.field("label_name", pa.string()),
+            pa.field("captions", pa.list_(pa.string())),
+            pa.field("mtime", pa.float64()),
+            pa.field("size", pa.int64()),
+            pa.field("content_hash", pa.string()),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("vector", vector_type(dim)),
+            pa.field("deleted", pa.bool_()),
+            *ANNOTATION_FIELDS,
+        ]
+    )
+
+
+def captions_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("caption_index", pa.int32()),
+            pa.field("caption", pa.string()),
+            pa.field("vector", vector_type(dim)),
+        ]
+    )
+
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("mtime", pa.float64()),
+    ]
+)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def sql_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(column: str, values: Sequence[Any]) -> str:
+    items = ", ".join(sql_quote(v) if isinstance(v, str) else str(int(v)) for v in values)
+    return f"{column} IN ({items})"
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build an Arrow table from row dicts; missing columns become nulls."""
+    columns = {}
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        if pa.types.is_fixed_size_list(field.type):
+            flat = np.asarray(values, dtype=np.float32).reshape(-1)
+            columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
+        else:
+            columns[field.name] = pa.array(values, type=field.type)
+    return pa.table(columns, schema=schema)
+
+
+def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
+    """A fixed-size-list column as an (n, dim) float32 array, without Python objects."""
+    chunked = table.column(column)
+    if table.num_rows == 0:
+        return np.zeros((0, chunked.type.list_size), np.float32)
+    flat = pa.concat_arrays([chunk.flatten() for chunk in chunked.chunks])
+    return flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, chunked.type.list_size).astype(np.float32, copy=False)
+
+
+class Store:
+    """The LanceDB database and manifest of one index folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = lancedb.connect(str(path / "db"))
+
+    # -- lifecycle -----------------------------------------------------------
+    @staticmethod
+    def folder(name: str, root: Path | None = None) -> Path:
+        if not _NAME_RE.match(name):
+            raise ClipsearchError(f"invalid index name '{name}': use letters, digits, '.', '_' and '-'")
+        return (root or default_root()) / name
+
+    @classmethod
+    def create(cls, path: Path, manifest: dict[str, Any]) -> "Store":
+        path.mkdir(parents=True, exist_ok=True)
+        store = cls(path)
+        dim = int(manifest["dim"])
+        store.db.create_table(IMAGES, schema=images_schema(dim), exist_ok=True)
+        store.db.create_table(CAPTIONS, schema=captions_schema(dim), exist_ok=True)
+        store.db.create_table(SKIPPED, schema=SKIPPED_SCHEMA, exist_ok=True)
+        manifest = {"format": FORMAT_VERSION, "created": now_iso(), **manifest}
+        store.write_manifest(manifest)
+        return store
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (path / MANIFEST).is_file()
+
+    @classmethod
+    def open(cls, path: Path) -> "Store":
+        if not (path / MANIFEST).is_file():
+            raise ClipsearchError(f"no index at {path} (create one with 'clipsearch index')")
+        return cls(path)
+
+    @staticmethod
+    def list_indexes(root: Path | None = None) -> list[Path]:
+        base = root or default_root()
+        return sorted(p for p in base.iterdir() if (p / MANIFEST).is_file()) if base.is_dir() else []
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        if not (path / MANIFEST).is_file():
+            raise ClipsearchError(f"no index at {path}")
+        shutil.rmtree(path)
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """One writer at a time; a second one is refused rather than interleaved."""
+        with open(self.path / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ClipsearchError(f"index {self.path.name} is being written by another process; try again when it finishes") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- manifest ------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / MANIFEST).read_text())
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest = {**manifest, "updated": now_iso()}
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.replace(tmp, self.path / MANIFEST)
+
+    def update_manifest(self, **changes: Any) -> dict[str, Any]:
+        manifest = {**self.read_manifest(), **changes}
+        self.write_manifest(manifest)
+        return manifest
+
+    # -- tables --------------------------------------------------------------
+    def table(self, name: str) -> lancedb.table.Table:
+        return self.db.open_table(name)
+
+    @property
+    def images(self) -> lancedb.table.Table:
+        return self.table(IMAGES)
+
+    def version(self, name: str = IMAGES) -> int:
+        return int(self.table(name).version)
+
+    def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
+        """Read rows (only the named columns) matching an SQL filter."""
+        query = self.table(name).search()
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(list(columns))
+        try:
+            return query.limit(None).to_arrow()
+        except Exception as err:  # lancedb reports SQL mistakes as several exception types
+            if where:
+                raise ClipsearchError(f"invalid filter {where!r}: {str(err).splitlines()[0]}") from err
+            raise
+
+    def count(self, name: str, where: str | None = None) -> int:
+        return int(self.table(name).count_rows(where))
+
+    def upsert(self, name: str, rows: pa.Table, on: str | list[str] = "id") -> None:
+        """Insert new rows and replace rows whose key already exists (also partial columns)."""
+        if rows.num_rows:
+            self.table(name).merge_insert(on).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+
+    def update_columns(self, name: str, rows: pa.Table, on: str = "id") -> None:
+        """Set some columns of existing rows (rows holds `on` plus those columns)."""
+        if rows.num_rows:
+            self.table(name).merge_insert(on).when_matched_update_all().execute(rows)
+
+    def add(self, name: str, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.table(name).add(rows)
+
+    def delete(self, name: str, where: str) -> None:
+        self.table(name).delete(where)
+
+    def update(self, name: str, where: str, values: dict[str, Any]) -> None:
+        self.table(name).update(where=where, values=values)
+
+    def compact(self) -> None:
+        """Merge the small fragments that streamed writes leave behind; drop versions over an hour old
+        (younger ones may still be read by another process)."""
+        for name in (IMAGES, CAPTIONS, SKIPPED):
+            self.table(name).optimize(cleanup_older_than=dt.timedelta(hours=1))
+        images = self.images
+        if images.count_rows() and not any(i.columns == ["key"] for i in images.list_indices()):
+            # Search fetches its hits by key; without this every query scans the table.
+            images.create_index("key", config=BTree())
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -1,0 +1,131 @@
+"""The torch backend of the encoder interface: an open_clip model, its preprocessing and tokenizer.
+
+Embeddings are always L2-normalised float32 numpy arrays. Random weights
+(`--pretrained none`) come from a fixed seed, so an index built with them can be
+queried from another process.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ClipsearchError
+from ..files import file_digest
+from .checkpoints import load_state_dict
+from .spec import RANDOM_INIT_SEED, ModelSpec, load_open_clip
+
+log = logging.getLogger(__name__)
+open_clip = load_open_clip()
+
+
+def _offline_hint(spec: ModelSpec, err: Exception) -> ClipsearchError:
+    return ClipsearchError(
+        f"weights '{spec.pretrained}' for {spec.arch} are not in the Hugging Face cache and could not be "
+        f"downloaded ({type(err).__name__}); fix: run once with network access, point HF_HOME at a cache "
+        f"that has them, or pass --pretrained PATH to a local checkpoint"
+    )
+
+
+def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Callable, Callable]:
+    """Create the open_clip model for a spec: (model, train_transform, eval_transform)."""
+    if spec.is_random or spec.is_checkpoint:
+        # Random init is seeded so two processes build identical weights; the
+        # global RNG is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
+        if spec.is_checkpoint:
+            path = Path(spec.pretrained)
+            if not path.is_file():
+                raise ClipsearchError(f"checkpoint not found: {path}")
+            if file_digest(path, "sha256") != spec.checkpoint_sha256:
+                raise ClipsearchError(f"checkpoint {path} changed since the index was built (content hash differs)")
+            missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)
+            if missing or unexpected:
+                raise ClipsearchError(
+                    f"checkpoint {path} does not fit {spec.arch}: "
+                    f"{len(missing)} missing and {len(unexpected)} unexpected weights"
+                )
+        else:
+            warnings.warn(f"{spec.arch} uses random weights (--pretrained none): results are not meaningful", stacklevel=2)
+    else:
+        try:
+            open_clip.download_pretrained(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained))
+        except Exception as err:  # offline, missing cache, hub errors: all fixed the same way
+            raise _offline_hint(spec, err) from err
+        model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
+    model.eval().to(device)
+    return model, train_tf, eval_tf
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Encoder:
+    """Turns images and texts into L2-normalised float32 vectors."""
+
+    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None, batch_size: int = 64,
+                 built: tuple[torch.nn.Module, Callable | None, Callable] | None = None):
+        """`built` = (model, train transform, eval transform) already in memory, e.g. the model
+        being trained, so validation embeds through exactly the code an index uses."""
+        self.spec = spec
+        self.device = torch.device(device) if device else default_device()
+        self.batch_size = batch_size
+        self.model, self.train_transform, self.preprocess = built or build_model(spec, self.device)
+        self.tokenizer = open_clip.get_tokenizer(spec.arch)
+        with torch.inference_mode():  # the embedding width, whatever the tower types
+            self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
+
+    @classmethod
+    def load(cls, arch: str | None = None, pretrained: str | None = None, **kwargs: Any) -> "Encoder":
+        return cls(ModelSpec.resolve(arch, pretrained), **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How pixels become tensors, for the manifest."""
+        cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
+        cfg.setdefault("size", self.image_size)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+    @torch.inference_mode()
+    def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+        """Encode an already preprocessed batch (N, 3, H, W)."""
+        out = []
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
+            out.append(self.model.encode_image(chunk, normalize=True).float().cpu())
+        return _as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        return _as_unit_float32(torch.cat(out))
+
+
+def _as_unit_float32(vectors: torch.Tensor) -> np.ndarray:
+    # Re-normalise in float32: the model may have computed in lower precision.
+    array = vectors.numpy().astype(np.float32, copy=False)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)

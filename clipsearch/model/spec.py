@@ -1,0 +1,99 @@
+"""What produced a vector: `ModelSpec` (architecture + weights) and its identity string.
+
+Naming and checking a model needs no torch: open_clip (which imports torch,
+torchvision and timm, seconds of start-up) is loaded only when an architecture
+or a pretrained tag must be looked up, never to read a spec back from a manifest.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import ClipsearchError
+from ..files import file_digest
+
+DEFAULT_ARCH = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+RANDOM_INIT = "none"
+RANDOM_INIT_SEED = 0
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@functools.cache
+def load_open_clip() -> ModuleType:
+    """open_clip with the shipped architectures ("tiny", "tiny-rn", "mini") registered as ordinary names."""
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+def shipped_architectures() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What produced a vector: architecture + weights. Stored in every manifest."""
+
+    arch: str = DEFAULT_ARCH
+    pretrained: str = DEFAULT_PRETRAINED  # a tag, a checkpoint path, or "none"
+    checkpoint_sha256: str | None = None  # set for checkpoint files
+
+    @classmethod
+    def resolve(cls, arch: str | None, pretrained: str | None) -> "ModelSpec":
+        """Validate names and pin a checkpoint file by its content hash."""
+        arch = arch or DEFAULT_ARCH
+        open_clip = load_open_clip()
+        if arch not in open_clip.list_models():
+            raise ClipsearchError(
+                f"unknown model '{arch}': choose an open_clip architecture "
+                f"(e.g. ViT-B-32, RN50) or a shipped one ({', '.join(shipped_architectures())})"
+            )
+        if pretrained is None:  # the default weights, else the first published tag
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            pretrained = DEFAULT_PRETRAINED if arch == DEFAULT_ARCH else (tags[0] if tags else RANDOM_INIT)
+        if pretrained == RANDOM_INIT:
+            return cls(arch, RANDOM_INIT)
+        if _looks_like_path(pretrained) or Path(pretrained).is_file():
+            path = Path(pretrained).expanduser().resolve()
+            if not path.is_file():
+                raise ClipsearchError(f"checkpoint not found: {pretrained}")
+            return cls(arch, str(path), file_digest(path, "sha256"))
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            choices = ", ".join(tags) if tags else "none published; pass a checkpoint path or 'none'"
+            raise ClipsearchError(f"unknown pretrained tag '{pretrained}' for {arch} (choices: {choices})")
+        return cls(arch, pretrained)
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained == RANDOM_INIT
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.checkpoint_sha256 is not None
+
+    def identity(self) -> str:
+        """A short string equal for exactly the specs that give the same vectors."""
+        if self.is_checkpoint:
+            return f"{self.arch}@sha256:{self.checkpoint_sha256[:16]}"
+        if self.is_random:
+            return f"{self.arch}@random-seed{RANDOM_INIT_SEED}"
+        return f"{self.arch}@{self.pretrained}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "pretrained": self.pretrained, "checkpoint_sha256": self.checkpoint_sha256}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(data["arch"], data["pretrained"], data.get("checkpoint_sha256"))

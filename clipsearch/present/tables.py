@@ -1,0 +1,79 @@
+"""Rich tables of results: classification reports, comparisons, label counts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+from rich.markup import escape
+from rich.table import Table
+
+from ..files import atomic_write
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def classification_table(report: Mapping[str, Any], title: str) -> Table:
+    """Per-class rows for a ``metrics.classification_report`` dict, then the overall numbers."""
+    table = Table(title=escape(title))
+    table.add_column("class")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy %", justify="right")
+    for i, entry in enumerate(report["per_class"]):
+        last = i == len(report["per_class"]) - 1
+        table.add_row(escape(str(entry["name"])), str(entry["n"]), _percent(entry["accuracy"]), end_section=last)
+    table.add_row("[bold]top-1[/bold]", str(report["n"]), f"[bold]{_percent(report['top1'])}[/bold]")
+    table.add_row(f"top-{report.get('top5_k', 5)}", "", _percent(report["top5"]))
+    table.add_row("mean per-class recall", "", _percent(report["mean_per_class_recall"]))
+    return table
+
+
+def comparison_table(rows: Mapping[str, Mapping[str, Any]], class_names: Sequence[str]) -> Table:
+    """Several methods side by side: one column per method, overall rows then one row per class.
+
+    ``rows`` maps a method name to its ``metrics.classification_report`` dict.
+    Values are percentages; the best in each row is bold.
+    """
+    if not rows:
+        raise ValueError("no methods to compare")
+    methods = list(rows)
+    table = Table(title="comparison")
+    table.add_column("")
+    for method in methods:
+        table.add_column(escape(method), justify="right")
+
+    def add(label: str, values: list[float | None], end_section: bool = False) -> None:
+        known = [value for value in values if value is not None]
+        best = max(known) if known else None
+        cells = [f"[bold]{_percent(v)}[/bold]" if v is not None and v == best and len(known) > 1 else _percent(v) for v in values]
+        table.add_row(escape(label), *cells, end_section=end_section)
+
+    add("top-1", [rows[m]["top1"] for m in methods])
+    add("top-5", [rows[m]["top5"] for m in methods])
+    add("mean per-class recall", [rows[m]["mean_per_class_recall"] for m in methods], end_section=True)
+    accuracy_by_class = {m: {entry["name"]: entry["accuracy"] for entry in rows[m]["per_class"]} for m in methods}
+    for name in class_names:
+        add(str(name), [accuracy_by_class[m].get(str(name)) for m in methods])
+    return table
+
+
+def label_counts_table(counts: Mapping[str, int], title: str) -> Table:
+    """How many images each label got (after `classify` or `probe apply`), with shares and a total."""
+    total = sum(counts.values())
+    table = Table(title=title)
+    for column, justify in (("label", "left"), ("images", "right"), ("%", "right")):
+        table.add_column(column, justify=justify)
+    for label, count in counts.items():
+        table.add_row(escape(label), str(count), f"{100 * count / max(total, 1):.1f}")
+    table.add_row("[bold]total[/bold]", f"[bold]{total}[/bold]", "", end_section=True)
+    return table

@@ -1,0 +1,628 @@
+"""`clipsearch tui`: an interactive terminal UI over one index, built with Textual.
+
+The index is opened and the model loaded once, in a worker thread, while the interface
+is already drawn; every query runs in a worker thread too, so typing never waits for
+torch. A query submitted before the model is ready is queued (the latest one wins) and
+answered as soon as it is. Images are drawn with Unicode half blocks (two pixels per
+cell: the upper half's colour is the foreground, the lower half's the background), which
+every truecolor terminal shows.
+
+Importing this module starts nothing and does not import torch.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.strip import Strip
+from textual.widget import Widget
+from textual.widgets import Button, DataTable, Footer, Input, Static
+from textual.worker import get_current_worker
+
+from ..errors import ClipsearchError
+from ..sources.images import ImageDecodeError, open_uri
+
+if TYPE_CHECKING:
+    from ..index.index import Index
+    from ..index.query import Hit
+
+UPPER_HALF_BLOCK = "\u2580"
+PREVIEW_MAX_PIXELS = 320  # longest side kept for the preview; a terminal pane shows fewer
+MAX_K = 1000
+
+
+# -- rendering pixels as text ---------------------------------------------------------
+def half_block_strips(image: Image.Image, width: int, height: int) -> list[Strip]:
+    """`image` fitted into `width` x `height` cells (aspect kept), two pixels a cell.
+
+    Each cell is an upper half block whose foreground is the top pixel and whose
+    background is the bottom pixel; a last odd row leaves the background unset.
+    """
+    if width < 1 or height < 1:
+        return []
+    scale = min(width / image.width, 2 * height / image.height)
+    columns = min(width, max(1, round(image.width * scale)))
+    rows = min(2 * height, max(1, round(image.height * scale)))
+    pixels = np.asarray(image.convert("RGB").resize((columns, rows), Image.Resampling.LANCZOS))
+    styles: dict[tuple[int, ...], Style] = {}
+    strips = []
+    for y in range(0, rows, 2):
+        segments = []
+        for x in range(columns):
+            top = tuple(int(v) for v in pixels[y, x])
+            bottom = tuple(int(v) for v in pixels[y + 1, x]) if y + 1 < rows else ()
+            style = styles.get(top + bottom)
+            if style is None:
+                style = styles[top + bottom] = Style.from_color(
+                    Color.from_rgb(*top), Color.from_rgb(*bottom) if bottom else None
+                )
+            segments.append(Segment(UPPER_HALF_BLOCK, style))
+        strips.append(Strip(segments, columns).simplify())
+    return strips
+
+
+class ImagePreview(Widget):
+    """The selected hit's pixels, centred in the widget, or a one-line message."""
+
+    DEFAULT_CSS = "ImagePreview { height: 1fr; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.image: Image.Image | None = None
+        self.message = "no hit selected"
+        self._strips: list[Strip] = []
+        self._drawn_for: tuple[int, int] | None = None
+
+    def show(self, image: Image.Image | None, message: str = "") -> None:
+        self.image, self.message, self._drawn_for = image, message, None
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size
+        if self.image is None:
+            return Strip([Segment(self.message[:width])]) if y == 0 else Strip.blank(width)
+        if self._drawn_for != (width, height):
+            self._strips, self._drawn_for = half_block_strips(self.image, width, height), (width, height)
+        top = (height - len(self._strips)) // 2
+        if not 0 <= y - top < len(self._strips):
+            return Strip.blank(width)
+        strip = self._strips[y - top]
+        left = (width - strip.cell_length) // 2
+        return Strip.join([Strip.blank(left), strip, Strip.blank(width - left - strip.cell_length)])
+
+
+# -- what the TUI does, without the UI (the latency benchmark runs this too) --------------
+@dataclass(frozen=True)
+class Query:
+    """One request: a query string (text, image paths, weighted `+`/`-` terms) or the
+    stored vector of an indexed image (`like`), with a filter and k."""
+
+    text: str | None = None
+    like: str | None = None  # id of an indexed image: "more like this"
+    where: str | None = None
+    k: int = 10
+
+    @property
+    def title(self) -> str:
+        return f"more like {self.like}" if self.like else str(self.text)
+
+
+def clean_query_text(text: str) -> str:
+    """Trim, and unwrap a whole query quoted the way terminals paste a dropped file."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and Path(text[1:-1]).expanduser().exists():
+        return text[1:-1]
+    return text
+
+
+def stored_vector(index: Index, image_id: str) -> np.ndarray:
+    """The unit vector stored for one indexed image (exact, and needs no model)."""
+    from ..index.store import sql_quote, vectors_of
+
+    table = index.rows(f"id = {sql_quote(image_id)}", ["vector"])
+    if table.num_rows == 0:
+        raise ClipsearchError(f"{image_id} is no longer in index '{index.name}'")
+    return vectors_of(table)[0]
+
+
+def run_query(index: Index, query: Query) -> tuple[list[Hit], float]:
+    """The hits for `query` and the seconds taken (query encoding + FAISS + row fetch)."""
+    start = time.perf_counter()
+    if query.like:
+        hits = index.search(vector=stored_vector(index, query.like), k=query.k, where=query.where)
+    else:
+        hits = index.search(query.text, k=query.k, where=query.where)
+    return hits, time.perf_counter() - start
+
+
+def warm_model(index: Index) -> None:
+    """Build the encoder, load the FAISS index and run one text through the model, so the
+    first query costs what every later one does."""
+    index.encoder.encode_texts(["warm-up"])
+    index.ann_index
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the UI: a user error's own message, else the exception type too."""
+    if isinstance(error, ClipsearchError):
+        return str(error)
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first_line}".rstrip(": ")
+
+
+def hit_label(row: dict[str, Any]) -> str:
+    """Known label, zero-shot label and probe label of a row, those that are set."""
+    parts = [row.get("label_name") or ""]
+    if row.get("zs_label"):
+        parts.append(f"zs: {row['zs_label']}")
+    if row.get("probe_label"):
+        parts.append(f"probe: {row['probe_label']}")
+    return " · ".join(p for p in parts if p)
+
+
+def hit_details(hit: Hit) -> list[tuple[str, str]]:
+    """The metadata shown under the preview, as (name, value) lines."""
+    row = hit.row
+    fields: list[tuple[str, str]] = [("path", row["uri"]), ("id", row["id"]), ("score", f"{hit.score:.4f}  (rank {hit.rank})")]
+    if row.get("width"):
+        fields.append(("dimensions", f"{row['width']} x {row['height']} px"))
+    if row.get("size"):
+        fields.append(("size", f"{row['size']:,} bytes"))
+    if row.get("split"):
+        fields.append(("split", row["split"]))
+    if row.get("label_name"):
+        fields.append(("label", row["label_name"]))
+    for name, prefix in (("zero-shot", "zs"), ("probe", "probe")):
+        if row.get(f"{prefix}_label"):
+            score, source = row.get(f"{prefix}_score"), row.get(f"{prefix}_labelset" if prefix == "zs" else "probe_name")
+            extra = ", ".join(part for part in (f"{score:.3f}" if score is not None else "", source or "") if part)
+            fields.append((name, row[f"{prefix}_label"] + (f" ({extra})" if extra else "")))
+    return fields + [("caption", caption) for caption in row.get("captions") or []]
+
+
+def details_table(fields: Sequence[tuple[str, str]]) -> Table:
+    """Names in a bold column, values wrapping beside them (long paths fold)."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="bold", justify="right", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in fields:
+        table.add_row(name, Text(value))
+    return table
+
+
+def viewer_command() -> str:
+    return "open" if sys.platform == "darwin" else "xdg-open"
+
+
+def open_in_viewer(hit: Hit) -> Path:
+    """Hand the hit's file to the system image viewer without waiting for it; a dataset
+    image (no file of its own) is written to a temporary PNG first."""
+    path = Path(hit.uri)
+    if not path.is_file():
+        try:
+            image = open_uri(hit.uri)
+        except (ImageDecodeError, ClipsearchError) as err:
+            raise ClipsearchError(f"cannot open {hit.uri}: {err}") from None
+        path = Path(tempfile.gettempdir()) / f"clipsearch-{re.sub(r'[^A-Za-z0-9._-]', '_', hit.id)}.png"
+        image.save(path)
+    viewer = shutil.which(viewer_command())
+    if viewer is None:
+        raise ClipsearchError(f"no system image viewer ({viewer_command()} not found); copy the path with 'c' instead")
+    subprocess.Popen([viewer, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+    return path
+
+
+def export_results(hits: Sequence[Hit], out: Path, title: str) -> Path:
+    """The hits as a contact sheet (.png) or as the JSON list `clipsearch search --json` prints."""
+    from ..present.sheets import contact_sheet
+    from ..files import write_json
+
+    if not hits:
+        raise ClipsearchError("no results to export; run a query first")
+    if out.suffix == ".json":
+        return write_json(out, [hit.to_dict() for hit in hits])
+    images = [open_uri(hit.uri) for hit in hits]
+    return contact_sheet(images, [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits], out, title=title)
+
+
+# -- widgets --------------------------------------------------------------------------
+class HistoryInput(Input):
+    """An input with a history: up/down walk through earlier entries, then back to the draft."""
+
+    BINDINGS = [
+        Binding("up", "history(-1)", "Earlier entry", show=False),
+        Binding("down", "history(1)", "Later entry", show=False),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history: list[str] = []
+        self._position = 0
+        self._draft = ""
+
+    def remember(self, value: str) -> None:
+        if value and (not self.history or self.history[-1] != value):
+            self.history.append(value)
+        self._position = len(self.history)
+
+    def action_history(self, step: int) -> None:
+        if not self.history:
+            return
+        if self._position == len(self.history):
+            self._draft = self.value
+        self._position = min(max(self._position + step, 0), len(self.history))
+        self.value = self.history[self._position] if self._position < len(self.history) else self._draft
+        self.cursor_position = len(self.value)
+
+
+class HelpScreen(ModalScreen[None]):
+    """The key bindings; escape, ? or q (or a click) closes it."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Static { width: auto; max-width: 90%; padding: 1 2; border: round $accent; background: $surface; }
+    """
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        text = Text("clipsearch tui: keys\n\n", style="bold")
+        for key, description in self.keys:
+            text.append(f"{key:>16}  ", style="bold")
+            text.append(f"{description}\n")
+        text.append("\nmouse: click a field, a result, a button or a key in the footer", style="dim")
+        yield Static(text, id="help")
+
+    def on_click(self) -> None:
+        self.dismiss()
+
+
+# -- the app --------------------------------------------------------------------------
+class SearchApp(App[None]):
+    """Query box + filter box, results list, preview with metadata, actions, status line."""
+
+    TITLE = "clipsearch"
+    CSS = """
+    #left { width: 1fr; }
+    #right { width: 1fr; border-left: vkey $primary; padding: 0 0 0 1; }
+    #message { height: auto; padding: 0 1; }
+    #message.error { color: $error; text-style: bold; }
+    #results { height: 1fr; }
+    #preview { height: 1fr; min-height: 6; }
+    #details { height: auto; max-height: 12; }
+    #actions { height: auto; }
+    #actions Button { margin: 0 1 0 0; min-width: 6; }
+    #status { height: 1; padding: 0 1; background: $primary-background; }
+    """
+    BINDINGS = [
+        Binding("question_mark", "help", "Keys", key_display="?"),
+        Binding("slash", "focus_query", "Query", key_display="/"),
+        Binding("escape", "switch_focus", "Query/results", show=False),
+        Binding("m", "more_like_this", "More like this"),
+        Binding("o", "open_hit", "Open"),
+        Binding("c", "copy_path", "Copy path"),
+        Binding("g", "export('png')", "Sheet PNG"),
+        Binding("j", "export('json')", "JSON"),
+        Binding("plus,equals_sign", "change_k(1)", "k+", key_display="+"),
+        Binding("minus", "change_k(-1)", "k-", key_display="-"),
+        Binding("q", "quit", "Quit"),
+    ]
+    EXTRA_KEYS = [
+        ("enter", "run the query (in the query or the filter box)"),
+        ("up / down", "history (in a box) · move through the results (in the list)"),
+        ("tab / shift+tab", "next / previous field"),
+        ("escape", "switch between the query box and the results"),
+    ]
+
+    def __init__(
+        self,
+        open_index: Callable[[], Index],
+        *,
+        k: int = 10,
+        export_dir: Path | None = None,
+        load_model: Callable[[Index], None] = warm_model,
+    ) -> None:
+        """`open_index` and `load_model` run in a worker thread after the UI is drawn."""
+        super().__init__()
+        if k <= 0:
+            raise ClipsearchError(f"-k must be a positive number of results (got {k})")
+        self._open_index = open_index
+        self._load_model = load_model
+        self.k = min(k, MAX_K)
+        self.export_dir = export_dir or Path.cwd()
+        self.index: Index | None = None
+        self.index_size: int | None = None
+        self.ready = False  # the model is loaded: queries run at once
+        self.startup_error: str | None = None
+        self.pending: Query | None = None  # submitted before the model was ready
+        self.last_query: Query | None = None
+        self.shown_query: Query | None = None  # the query whose hits are listed
+        self.hits: list[Hit] = []
+        self.selected: Hit | None = None
+        self.latency: float | None = None  # seconds the last query took in the worker
+        self.round_trip: float | None = None  # seconds from its submission to its hits listed
+        self._submitted_at = 0.0
+        self._focus_results = False  # move to the results once they are in (not while searching: it costs the search CPU)
+        self.searching = False
+        self._index_lock = threading.Lock()  # the Index (torch, FAISS) serves one thread at a time
+
+    # -- layout ----------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            with Vertical(id="left"):
+                yield HistoryInput(placeholder='query: text, an image path, or "a dog + 2:snow - grass"', id="query")
+                yield HistoryInput(placeholder="filter (SQL), e.g. split = 'test' AND width > 100", id="where")
+                yield Static("", id="message")
+                yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
+                with Horizontal(id="actions"):
+                    yield Button("More like this", id="more", action="app.more_like_this", compact=True)
+                    yield Button("Open", id="open", action="app.open_hit", compact=True)
+                    yield Button("Copy path", id="copy", action="app.copy_path", compact=True)
+                    yield Button("Sheet PNG", id="png", action="app.export('png')", compact=True)
+                    yield Button("JSON", id="json", action="app.export('json')", compact=True)
+            with Vertical(id="right"):
+                yield ImagePreview(id="preview")
+                yield Static("", id="details")
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#results", DataTable).add_columns("#", "score", "path / id", "label")
+        self.query_one("#query", Input).focus()
+        self._update_status()
+        self._prepare()
+
+    # -- startup: open the index, load the model --------------------------------------
+    @work(thread=True, group="startup", exit_on_error=False)
+    def _prepare(self) -> None:
+        try:
+            index = self._open_index()
+            self._post(self._index_opened, index, index.counts()["images"])
+            with self._index_lock:
+                self._load_model(index)
+        except Exception as error:  # noqa: BLE001 - whatever it is, the user must see it
+            self._post(self._startup_failed, describe_error(error))
+            return
+        self._post(self._model_ready)
+
+    def _post(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run `callback` on the UI thread; drop it when the app has already gone."""
+        try:
+            self.call_from_thread(callback, *args)
+        except RuntimeError:
+            if self.is_running:
+                raise
+
+    def _index_opened(self, index: Index, size: int) -> None:
+        self.index, self.index_size = index, size
+        self._update_status()
+
+    def _model_ready(self) -> None:
+        self.ready = True
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._run(pending)
+        self._update_status()
+
+    def _startup_failed(self, message: str) -> None:
+        """Without an index or a model nothing can be answered: leave, saying why."""
+        self.startup_error = message
+        self._say(message, error=True)
+        self.exit(return_code=1)
+
+    # -- queries ----------------------------------------------------------------------
+    @on(Input.Submitted, "#query, #where")
+    def _submitted(self) -> None:
+        query_box, where_box = self.query_one("#query", HistoryInput), self.query_one("#where", HistoryInput)
+        text, where = clean_query_text(query_box.value), where_box.value.strip()
+        query_box.remember(text)
+        where_box.remember(where)
+        if not text:
+            self._say("type a query: text, an image path, or terms joined by + and -", error=True)
+            return
+        self._focus_results = True
+        self.submit(Query(text=text, where=where or None, k=self.k))
+
+    def submit(self, query: Query) -> None:
+        """Run `query` now, or as soon as the model is ready."""
+        self.last_query = query
+        self._submitted_at = time.perf_counter()
+        self._say("")
+        if self.ready:
+            self._run(query)
+        else:
+            self.pending = query
+        self._update_status()
+
+    def _run(self, query: Query) -> None:
+        self.searching = True
+        self._search(query)
+
+    @work(thread=True, exclusive=True, group="search", exit_on_error=False)
+    def _search(self, query: Query) -> None:
+        worker = get_current_worker()
+        try:
+            with self._index_lock:
+                hits, seconds = run_query(self.index, query)
+        except Exception as error:  # noqa: BLE001 - shown in the UI, never a crash
+            if not worker.is_cancelled:
+                self._post(self._search_failed, describe_error(error))
+            return
+        if not worker.is_cancelled:
+            self._post(self._show_results, query, hits, seconds)
+
+    def _search_failed(self, message: str) -> None:
+        self.searching = self._focus_results = False
+        self._say(message, error=True)
+        self._update_status()
+
+    def _show_results(self, query: Query, hits: list[Hit], seconds: float) -> None:
+        self.searching = False
+        self.shown_query, self.hits, self.latency = query, hits, seconds
+        table = self.query_one("#results", DataTable)
+        table.clear()
+        for hit in hits:
+            table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.id, hit_label(hit.row), key=hit.id)
+        if hits:
+            table.move_cursor(row=0)
+            self._select(hits[0])
+        else:
+            self.selected = None
+            self.query_one("#preview", ImagePreview).show(None, "no results")
+            self.query_one("#details", Static).update("")
+        self._say(f"{len(hits)} results for {query.title}" + (f"  (filter: {query.where})" if query.where else ""))
+        self._update_status()
+        self.round_trip = time.perf_counter() - self._submitted_at
+        if self._focus_results and isinstance(self.focused, HistoryInput):
+            table.focus()
+        self._focus_results = False
+
+    # -- the selected hit -------------------------------------------------------------
+    @on(DataTable.RowHighlighted, "#results")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if 0 <= event.cursor_row < len(self.hits):
+            self._select(self.hits[event.cursor_row])
+
+    def _select(self, hit: Hit) -> None:
+        if self.selected is hit:
+            return
+        self.selected = hit
+        self.query_one("#details", Static).update(details_table(hit_details(hit)))
+        self.query_one("#preview", ImagePreview).show(None, "loading…")
+        self._load_preview(hit)
+
+    @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
+    def _load_preview(self, hit: Hit) -> None:
+        worker = get_current_worker()
+        try:
+            image, message = open_uri(hit.uri), ""
+            image.thumbnail((PREVIEW_MAX_PIXELS, PREVIEW_MAX_PIXELS))
+        except Exception as error:  # noqa: BLE001 - a file gone or unreadable since indexing
+            image, message = None, f"cannot show: {describe_error(error)}"
+        if not worker.is_cancelled:
+            self._post(self._show_preview, hit, image, message)
+
+    def _show_preview(self, hit: Hit, image: Image.Image | None, message: str) -> None:
+        if hit is self.selected:
+            self.query_one("#preview", ImagePreview).show(image, message)
+
+    def _need_hit(self) -> Hit | None:
+        if self.selected is None:
+            self._say("select a result first", error=True)
+        return self.selected
+
+    # -- actions ----------------------------------------------------------------------
+    def action_more_like_this(self) -> None:
+        hit = self._need_hit()
+        if hit is not None:
+            where = self.query_one("#where", Input).value.strip() or None
+            self.submit(Query(like=hit.id, where=where, k=self.k))
+
+    def action_open_hit(self) -> None:
+        hit = self._need_hit()
+        if hit is not None:
+            self._open_worker(hit)
+
+    @work(thread=True, group="open", exit_on_error=False)
+    def _open_worker(self, hit: Hit) -> None:
+        try:
+            path = open_in_viewer(hit)
+        except Exception as error:  # noqa: BLE001
+            self._post(self._say, describe_error(error), True)
+            return
+        self._post(self._say, f"opened {path} with {viewer_command()}")
+
+    def action_copy_path(self) -> None:
+        hit = self._need_hit()
+        if hit is not None:
+            self.copy_to_clipboard(hit.uri)
+            self._say(f"copied {hit.uri}")
+
+    def action_export(self, kind: str) -> None:
+        if not self.hits:
+            self._say("no results to export; run a query first", error=True)
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = self.index.name if self.index else "results"
+        out = self.export_dir / f"{name}-results-{stamp}.{kind}"
+        self._export_worker(list(self.hits), out, self.shown_query.title if self.shown_query else "")
+
+    @work(thread=True, group="export", exit_on_error=False)
+    def _export_worker(self, hits: list[Hit], out: Path, title: str) -> None:
+        try:
+            path = export_results(hits, out, title)
+        except Exception as error:  # noqa: BLE001
+            self._post(self._say, describe_error(error), True)
+            return
+        self._post(self._say, f"wrote {path}")
+
+    def action_change_k(self, step: int) -> None:
+        self.k = min(max(self.k + step, 1), MAX_K)
+        if self.last_query is not None:
+            self.submit(replace(self.last_query, k=self.k))
+        self._update_status()
+
+    def action_focus_query(self) -> None:
+        self.query_one("#query", Input).focus()
+
+    def action_switch_focus(self) -> None:
+        query_box = self.query_one("#query", Input)
+        (self.query_one("#results", DataTable) if query_box.has_focus else query_box).focus()
+
+    def action_help(self) -> None:
+        keys = list(self.EXTRA_KEYS) + [(b.key_display or b.key, b.description) for b in self.BINDINGS if b.show]
+        self.push_screen(HelpScreen(keys))
+
+    # -- messages and status ------------------------------------------------------------
+    def _say(self, message: str, error: bool = False) -> None:
+        """The line under the inputs: errors in red (also as a notification), else information."""
+        line = self.query_one("#message", Static)
+        line.update(Text(message))
+        line.set_class(error, "error")
+        if error:
+            self.notify(message, severity="error", timeout=6)
+
+    def status_text(self) -> str:
+        if self.index is None:
+            parts = ["opening the index…"]
+        else:
+            parts = [f"model {self.index.spec.identity()}", f"{self.index_size:,} images"]
+        parts.append(f"k={self.k}")
+        if self.latency is not None:
+            parts.append(f"last query {self.latency * 1000:.0f} ms")
+        if self.startup_error:
+            parts.append("cannot start")
+        elif not self.ready:
+            parts.append("loading the model… (queries wait)" + (" · 1 query queued" if self.pending else ""))
+        else:
+            parts.append("searching…" if self.searching else "ready")
+        parts.append("? keys")
+        return " · ".join(parts)
+
+    def _update_status(self) -> None:
+        self.query_one("#status", Static).update(Text(self.status_text()))
