@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint format demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,14 @@ install: $(STAMP)
 
 test: $(STAMP)
 	CLIPSEARCH_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check clipsearch tests bench
+	$(VENV)/bin/ruff format --check clipsearch tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format clipsearch tests bench
+	$(VENV)/bin/ruff check --fix clipsearch tests bench
 
 demo: $(STAMP)
 	$(PY) -m clipsearch demo

@@ -51,7 +51,7 @@ def picture_spec(i: int, seed: int) -> tuple[str, int, int, int]:
         width, height = MID_SIZES[rng.integers(len(MID_SIZES))]
     else:
         short = int(rng.integers(256, 769))
-        width, height = int(round(short * float(rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9])))), short
+        width, height = round(short * float(rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9]))), short
     if rng.random() < 1 / 3:
         width, height = height, width
     return f"{100 + i // 250}CAMERA/IMG_{i:05d}.jpg", width, height, int(rng.integers(85, 96))
@@ -80,7 +80,7 @@ def make_folder(folder: Path, n: int, seed: int, processes: int) -> float:
     folder.mkdir(parents=True, exist_ok=True)
     done = 0
     with Pool(processes) as pool:
-        for written in pool.imap_unordered(_write_picture, [(folder, i, seed) for i in range(n)], chunksize=4):
+        for _written in pool.imap_unordered(_write_picture, [(folder, i, seed) for i in range(n)], chunksize=4):
             done += 1
             if done % 100 == 0 or done == n:
                 print(f"\r  generated {done}/{n} pictures", end="", flush=True)
@@ -99,8 +99,14 @@ def folder_stats(folder: Path) -> dict:
             pixels.append(image.width * image.height)
     mp = np.asarray(pixels) / 1e6
     return {
-        "files": len(sizes), "total_mb": round(sum(sizes) / 1e6, 1), "mean_mb": round(float(np.mean(sizes)) / 1e6, 2),
-        "megapixels_min_median_max": [round(float(mp.min()), 3), round(float(np.median(mp)), 1), round(float(mp.max()), 1)],
+        "files": len(sizes),
+        "total_mb": round(sum(sizes) / 1e6, 1),
+        "mean_mb": round(float(np.mean(sizes)) / 1e6, 2),
+        "megapixels_min_median_max": [
+            round(float(mp.min()), 3),
+            round(float(np.median(mp)), 1),
+            round(float(mp.max()), 1),
+        ],
         "share_over_6mp": round(float((mp >= 6).mean()), 2),
     }
 
@@ -126,15 +132,15 @@ def raw_throughput(encoder, batch_size: int, seconds: float) -> tuple[float, flo
 
 def decode_profile(folder: Path, encoder, samples: int) -> dict:
     """Mean ms per picture: full decode vs draft decode, preprocessing, content hashing."""
-    from clipsearch.index.sync import file_hash
+    from clipsearch.files import file_digest
     from clipsearch.sources.images import decode_image
 
     paths = sorted(folder.rglob("*.jpg"))[:samples]
     timings: dict[str, list[float]] = {"full_decode": [], "draft_decode": [], "preprocess": [], "hash": []}
     for path in paths:
         for label, call in (
-            ("full_decode", lambda: decode_image(path)),
-            ("draft_decode", lambda: decode_image(path, min_size=encoder.image_size)),
+            ("full_decode", lambda path=path: decode_image(path)),
+            ("draft_decode", lambda path=path: decode_image(path, min_size=encoder.image_size)),
         ):
             started = time.perf_counter()
             image = call()
@@ -143,7 +149,7 @@ def decode_profile(folder: Path, encoder, samples: int) -> dict:
         encoder.preprocess(image)
         timings["preprocess"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        file_hash(str(path))
+        file_digest(path)
         timings["hash"].append(time.perf_counter() - started)
     result = {f"{k}_ms": round(1000 * float(np.mean(v)), 1) for k, v in timings.items()}
     result["draft_speedup"] = round(result["full_decode_ms"] / result["draft_decode_ms"], 2)
@@ -153,8 +159,22 @@ def decode_profile(folder: Path, encoder, samples: int) -> dict:
 
 def cli_reindex_seconds(folder: Path, root: Path, name: str, model: str, pretrained: str) -> float:
     """Wall time of `clipsearch index` on an unchanged folder, as a user runs it (fresh process)."""
-    command = [sys.executable, "-m", "clipsearch", "index", str(folder), "--name", name, "--model", model,
-               "--pretrained", pretrained, "--root", str(root), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "clipsearch",
+        "index",
+        str(folder),
+        "--name",
+        name,
+        "--model",
+        model,
+        "--pretrained",
+        pretrained,
+        "--root",
+        str(root),
+        "--json",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     elapsed = time.perf_counter() - started
@@ -176,8 +196,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="pictures in the folder")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 120 pictures, short raw timing")
-    parser.add_argument("--folder", type=Path, default=None, help="where the pictures are generated (cached; default: a temp folder per n)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[None], help="decoding workers to try (default: the indexer's default)")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="where the pictures are generated (cached; default: a temp folder per n)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[None],
+        help="decoding workers to try (default: the indexer's default)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none")
@@ -191,15 +222,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"pictures: {folder}")
     generated_s = make_folder(folder, args.n, args.seed, processes=os.cpu_count() or 1)
-    results: dict = {"n": args.n, "folder": str(folder), "generated_s": round(generated_s, 1), "folder_stats": folder_stats(folder)}
+    results: dict = {
+        "n": args.n,
+        "folder": str(folder),
+        "generated_s": round(generated_s, 1),
+        "folder_stats": folder_stats(folder),
+    }
     print(f"  {results['folder_stats']}" + (f" (generated in {generated_s:.0f} s)" if generated_s else " (cached)"))
 
     import torch
 
     from clipsearch.index import sync as indexer
     from clipsearch.index.index import Index
-    from clipsearch.model.encoder import Encoder
     from clipsearch.index.sync import default_workers
+    from clipsearch.model.encoder import Encoder
 
     # Time the planning step (stat + content hash of every new file) that precedes encoding.
     plan_seconds: list[float] = []
@@ -214,9 +250,16 @@ def main(argv: list[str] | None = None) -> dict:
     indexer.plan_sync = timed_plan_sync
 
     encoder = Encoder.load(args.model, args.pretrained)
-    results.update(model=encoder.spec.identity(), device=str(encoder.device), batch_size=args.batch_size,
-                   cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
-    print(f"model {results['model']} on {encoder.device}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}")
+    results.update(
+        model=encoder.spec.identity(),
+        device=str(encoder.device),
+        batch_size=args.batch_size,
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+    )
+    print(
+        f"model {results['model']} on {encoder.device}, torch threads {torch.get_num_threads()}, cores {os.cpu_count()}"
+    )
 
     # The machine may be shared: raw throughput is measured before and after every end-to-end
     # run, and each run is compared with the mean of the two measurements around it. CPU time
@@ -227,7 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
         rate, cpu = raw_throughput(encoder, args.batch_size, args.raw_seconds)
         raws.append(rate)
         raw_cpus.append(cpu)
-        print(f"(a) raw encoder: {rate:.2f} images/s, {1000 * cpu:.0f} CPU-ms per image (batch {args.batch_size}, pre-made tensors)")
+        print(
+            f"(a) raw encoder: {rate:.2f} images/s, {1000 * cpu:.0f} CPU-ms per image (batch {args.batch_size}, pre-made tensors)"
+        )
 
     measure_raw()
 
@@ -247,28 +292,39 @@ def main(argv: list[str] | None = None) -> dict:
             measure_raw()
             raw, raw_cpu = (raws[-2] + raws[-1]) / 2, (raw_cpus[-2] + raw_cpus[-1]) / 2
             run = {
-                "index": name, "workers": workers if workers is not None else default_workers(),
-                "seconds": round(wall, 1), "end_to_end_images_per_s": round(args.n / wall, 2),
-                "raw_images_per_s": round(raw, 2), "ratio_to_raw": round(args.n / wall / raw, 3),
+                "index": name,
+                "workers": workers if workers is not None else default_workers(),
+                "seconds": round(wall, 1),
+                "end_to_end_images_per_s": round(args.n / wall, 2),
+                "raw_images_per_s": round(raw, 2),
+                "ratio_to_raw": round(args.n / wall / raw, 3),
                 "encode_phase_images_per_s": round(stats.images_per_s, 2),
-                "cpu_ms_per_image": round(1000 * cpu / args.n, 1), "raw_cpu_ms_per_image": round(1000 * raw_cpu, 1),
-                "cpu_ratio": round(raw_cpu / (cpu / args.n), 3), "plan_s": round(plan_seconds[-1], 2),
+                "cpu_ms_per_image": round(1000 * cpu / args.n, 1),
+                "raw_cpu_ms_per_image": round(1000 * raw_cpu, 1),
+                "cpu_ratio": round(raw_cpu / (cpu / args.n), 3),
+                "plan_s": round(plan_seconds[-1], 2),
             }
             started = time.perf_counter()
             again = index.add_folder(folder, batch_size=args.batch_size, workers=workers, progress=False)
             run["reindex_unchanged_s"] = round(time.perf_counter() - started, 2)
             assert again.encoded == 0 and again.unchanged == args.n, again
             runs.append(run)
-            print(f"(b) end to end, workers={run['workers']}: {run['end_to_end_images_per_s']:.2f} images/s "
-                  f"in {wall:.0f} s; ratio to raw {run['ratio_to_raw']:.3f} (goal >= 0.9); "
-                  f"CPU per image {run['cpu_ms_per_image']:.0f} ms vs raw {run['raw_cpu_ms_per_image']:.0f} ms "
-                  f"(CPU ratio {run['cpu_ratio']:.3f})")
+            print(
+                f"(b) end to end, workers={run['workers']}: {run['end_to_end_images_per_s']:.2f} images/s "
+                f"in {wall:.0f} s; ratio to raw {run['ratio_to_raw']:.3f} (goal >= 0.9); "
+                f"CPU per image {run['cpu_ms_per_image']:.0f} ms vs raw {run['raw_cpu_ms_per_image']:.0f} ms "
+                f"(CPU ratio {run['cpu_ratio']:.3f})"
+            )
             print(f"(c) unchanged re-index: {run['reindex_unchanged_s']:.2f} s in process (goal <= 2 s)")
         results["runs"] = runs
-        results["cli_reindex_unchanged_s"] = round(cli_reindex_seconds(folder, root, runs[-1]["index"], args.model, args.pretrained), 2)
+        results["cli_reindex_unchanged_s"] = round(
+            cli_reindex_seconds(folder, root, runs[-1]["index"], args.model, args.pretrained), 2
+        )
         results["cli_import_s"] = round(import_seconds(), 2)
-        print(f"(c) unchanged re-index as a fresh `clipsearch index` process: {results['cli_reindex_unchanged_s']:.2f} s, "
-              f"of which {results['cli_import_s']:.2f} s are interpreter start and imports (torch, open_clip, lancedb)")
+        print(
+            f"(c) unchanged re-index as a fresh `clipsearch index` process: {results['cli_reindex_unchanged_s']:.2f} s, "
+            f"of which {results['cli_import_s']:.2f} s are interpreter start and imports (torch, open_clip, lancedb)"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
@@ -277,11 +333,17 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nsummary")
     results["raw_images_per_s"] = [round(r, 2) for r in raws]
     results["raw_cpu_ms_per_image"] = [round(1000 * c, 1) for c in raw_cpus]
-    print(f"  raw encoder             {best['raw_images_per_s']:8.2f} images/s  (all measurements: {results['raw_images_per_s']})")
+    print(
+        f"  raw encoder             {best['raw_images_per_s']:8.2f} images/s  (all measurements: {results['raw_images_per_s']})"
+    )
     print(f"  end to end (best)       {best['end_to_end_images_per_s']:8.2f} images/s  (workers={best['workers']})")
-    print(f"  ratio                   {best['ratio_to_raw']:8.3f}          (goal >= 0.9; CPU-time ratio {best['cpu_ratio']:.3f})")
-    print(f"  unchanged re-index      {best['reindex_unchanged_s']:8.2f} s         (goal <= 2 s; fresh CLI process "
-          f"{results['cli_reindex_unchanged_s']:.2f} s)")
+    print(
+        f"  ratio                   {best['ratio_to_raw']:8.3f}          (goal >= 0.9; CPU-time ratio {best['cpu_ratio']:.3f})"
+    )
+    print(
+        f"  unchanged re-index      {best['reindex_unchanged_s']:8.2f} s         (goal <= 2 s; fresh CLI process "
+        f"{results['cli_reindex_unchanged_s']:.2f} s)"
+    )
     print(f"  peak memory             {results['peak_rss_mb']:8.0f} MB")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_tui.py                      # tiny and ViT-B-32 (--pretrained none)
     .venv/bin/python bench/bench_tui.py --models tiny --queries 200 --out bench_tui.json
 
-What is timed is `clipsearch.tui.run_query`, the exact call the TUI's search worker makes
+What is timed is `clipsearch.tui.actions.run_query`, the exact call the TUI's search worker makes
 once the model is warm: query parsing + text encoding + FAISS search + fetching the hit
 rows from LanceDB. Its parts are timed apart too (encoding alone; search + row fetch
 from a given vector; the FAISS search alone), and, with `--ui`, the round trip in the app itself (Textual's
@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -37,16 +38,19 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LANCEDB_LOG", "error")
 warnings.filterwarnings("ignore", message=".*random weights.*")
 
+from clipsearch.files import write_json  # noqa: E402
 from clipsearch.index import ann  # noqa: E402
 from clipsearch.index.index import Index  # noqa: E402
-from clipsearch.model.encoder import Encoder
-from clipsearch.files import write_json
-from clipsearch.sources.shapes import COLOURS, SHAPES  # noqa: E402
 from clipsearch.index.store import IMAGES, images_schema, rows_to_table  # noqa: E402
-from clipsearch.tui.app import Query, SearchApp, run_query, warm_model  # noqa: E402
+from clipsearch.model.encoder import Encoder  # noqa: E402
+from clipsearch.sources.shapes import COLOURS, SHAPES  # noqa: E402
+from clipsearch.tui.actions import Query, run_query, warm_model  # noqa: E402
+from clipsearch.tui.app import SearchApp  # noqa: E402
 
 MODELS = {"tiny": ("tiny", "none"), "ViT-B-32": ("ViT-B-32", "none")}
-TEXTS = [f"a photo of a {size} {colour} {shape}" for size in ("small", "large") for colour in COLOURS for shape in SHAPES]
+TEXTS = [
+    f"a photo of a {size} {colour} {shape}" for size in ("small", "large") for colour in COLOURS for shape in SHAPES
+]
 
 
 def random_index(encoder: Encoder, root: Path, rows: int, seed: int = 0) -> Index:
@@ -58,9 +62,19 @@ def random_index(encoder: Encoder, root: Path, rows: int, seed: int = 0) -> Inde
     schema = images_schema(encoder.dim)
     for start in range(0, rows, 2048):
         batch = [
-            {"id": f"bench/{i:05d}", "key": i, "uri": f"/bench/{i:05d}.png", "source": "bench", "split": "test",
-             "label_name": TEXTS[i % len(TEXTS)].removeprefix("a photo of a "), "width": 32, "height": 32,
-             "size": 1000, "vector": vectors[i], "deleted": False}
+            {
+                "id": f"bench/{i:05d}",
+                "key": i,
+                "uri": f"/bench/{i:05d}.png",
+                "source": "bench",
+                "split": "test",
+                "label_name": TEXTS[i % len(TEXTS)].removeprefix("a photo of a "),
+                "width": 32,
+                "height": 32,
+                "size": 1000,
+                "vector": vectors[i],
+                "deleted": False,
+            }
             for i in range(start, min(rows, start + 2048))
         ]
         index.store.add(IMAGES, rows_to_table(batch, schema))
@@ -111,8 +125,12 @@ def ui_round_trips_ms(index: Index, queries: int) -> tuple[np.ndarray, np.ndarra
 
 
 def summary(ms: np.ndarray) -> dict[str, float]:
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-            "mean_ms": round(float(ms.mean()), 2), "n": int(ms.size)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "n": int(ms.size),
+    }
 
 
 def bench_model(name: str, rows: int, queries: int, k: int, ui: bool, root: Path) -> dict[str, Any]:
@@ -124,13 +142,19 @@ def bench_model(name: str, rows: int, queries: int, k: int, ui: bool, root: Path
     load_s = time.perf_counter() - start
     vector = index.query_vector(TEXTS[0])
     result = {
-        "model": index.spec.identity(), "dim": encoder.dim, "rows": index.counts()["images"],
-        "faiss": index.manifest["ann"]["factory"], "k": k, "setup_s": round(load_s, 2),
+        "model": index.spec.identity(),
+        "dim": encoder.dim,
+        "rows": index.counts()["images"],
+        "faiss": index.manifest["ann"]["factory"],
+        "k": k,
+        "setup_s": round(load_s, 2),
         "query": summary(timings_ms(lambda text: run_query(index, Query(text=text, k=k)), queries)),
         "encode_only": summary(timings_ms(lambda text: index.query_vector(text), queries)),
         "search_and_rows_only": summary(timings_ms(lambda text: index.search(vector=vector, k=k), queries)),
         "faiss_only": summary(timings_ms(lambda text: ann.search(index.ann_index, vector[None, :], k), queries)),
-        "query_with_filter": summary(timings_ms(lambda text: run_query(index, Query(text=text, k=k, where="split = 'test'")), queries)),
+        "query_with_filter": summary(
+            timings_ms(lambda text: run_query(index, Query(text=text, k=k, where="split = 'test'")), queries)
+        ),
     }
     if ui:
         round_trips, in_worker = ui_round_trips_ms(index, min(queries, 30))
@@ -145,7 +169,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--ui", action="store_true", help="Also time the round trip through the app (headless).")
-    parser.add_argument("--threads", type=int, help="torch and FAISS CPU threads (default: their own choice); 1 is steadier on a busy machine.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch and FAISS CPU threads (default: their own choice); 1 is steadier on a busy machine.",
+    )
     parser.add_argument("--out", type=Path, help="Write the results as JSON.")
     args = parser.parse_args()
 
@@ -155,7 +183,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
-    results = {"threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(), "cpus": os.cpu_count(), "load_average_before": os.getloadavg()[0], "models": {}}
+    results = {
+        "threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg()[0],
+        "models": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             results["models"][name] = bench_model(name, args.rows, args.queries, args.k, args.ui, Path(tmp))
@@ -163,11 +197,26 @@ def main() -> None:
     table = Table(title=f"warm query latency, {args.rows:,} rows, k={args.k} (ms; torch threads {results['threads']})")
     for column in ("model", "what", "p50", "p95", "mean", "n"):
         table.add_column(column, justify="left" if column in ("model", "what") else "right")
-    for name, result in results["models"].items():
-        for what in ("query", "encode_only", "search_and_rows_only", "faiss_only", "query_with_filter", "ui_round_trip", "ui_query_in_worker"):
+    for result in results["models"].values():
+        for what in (
+            "query",
+            "encode_only",
+            "search_and_rows_only",
+            "faiss_only",
+            "query_with_filter",
+            "ui_round_trip",
+            "ui_query_in_worker",
+        ):
             if what in result:
                 s = result[what]
-                table.add_row(result["model"], what, f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}", f"{s['mean_ms']:.1f}", str(s["n"]))
+                table.add_row(
+                    result["model"],
+                    what,
+                    f"{s['p50_ms']:.1f}",
+                    f"{s['p95_ms']:.1f}",
+                    f"{s['mean_ms']:.1f}",
+                    str(s["n"]),
+                )
     Console().print(table)
     if args.out:
         write_json(args.out, results)

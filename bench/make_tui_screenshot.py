@@ -27,7 +27,8 @@ warnings.filterwarnings("ignore", message=".*random weights.*")
 
 from clipsearch.index.index import Index  # noqa: E402
 from clipsearch.sources.shapes import generate_shapes  # noqa: E402
-from clipsearch.tui.app import ImagePreview, SearchApp  # noqa: E402
+from clipsearch.tui.app import SearchApp  # noqa: E402
+from clipsearch.tui.widgets import ImagePreview  # noqa: E402
 
 
 async def screenshot(index: Index, query: str, size: tuple[int, int], out: Path) -> None:

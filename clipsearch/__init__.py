@@ -7,13 +7,17 @@ __all__ = ["ClipsearchError", "Encoder", "Index", "ModelSpec"]
 
 
 def __getattr__(name: str):
-    # torch/open_clip load only when the API is used, so `--help` stays fast.
+    # Loaded on first use: `import clipsearch` (and `clipsearch --help`) stays cheap.
     if name == "Index":
-        from .index.index import Index
+        from .api import Index
 
         return Index
-    if name in ("Encoder", "ModelSpec"):
-        from .model import encoder
+    if name == "Encoder":
+        from .model.encoder import Encoder
 
-        return getattr(encoder, name)
-    raise AttributeError(name)
+        return Encoder
+    if name == "ModelSpec":
+        from .model.spec import ModelSpec
+
+        return ModelSpec
+    raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")

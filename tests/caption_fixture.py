@@ -4,17 +4,45 @@ and an independent brute-force recall@k straight from the LanceDB tables, for te
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import lancedb
 import numpy as np
 from PIL import Image
 
-WORDS = (
-    "dog cat child man woman bike car boat ball tree river beach snow grass street wall "
-    "red blue green small large running jumping sitting old young wooden bright dark two"
-).split()
+WORDS = [
+    "dog",
+    "cat",
+    "child",
+    "man",
+    "woman",
+    "bike",
+    "car",
+    "boat",
+    "ball",
+    "tree",
+    "river",
+    "beach",
+    "snow",
+    "grass",
+    "street",
+    "wall",
+    "red",
+    "blue",
+    "green",
+    "small",
+    "large",
+    "running",
+    "jumping",
+    "sitting",
+    "old",
+    "young",
+    "wooden",
+    "bright",
+    "dark",
+    "two",
+]
 
 
 def write_image(path: Path, seed: int, size: int = 32) -> None:
@@ -47,8 +75,13 @@ def flickr_name(i: int) -> str:
     return f"{1000000 + i * 7919}_{i:010x}.jpg"
 
 
-def write_flickr8k(root: Path, splits: dict[str, int], captions_per_image: int = 5, seed: int = 0,
-                   extra_token_lines: Iterable[str] = ()) -> dict[str, tuple[str, list[str]]]:
+def write_flickr8k(
+    root: Path,
+    splits: dict[str, int],
+    captions_per_image: int = 5,
+    seed: int = 0,
+    extra_token_lines: Iterable[str] = (),
+) -> dict[str, tuple[str, list[str]]]:
     """`Flicker8k_Dataset/` + `Flickr8k_text/` (token file and split lists) as in the official zips.
 
     Returns file name -> (split, captions). `extra_token_lines` are appended to the token file as is.
@@ -58,11 +91,15 @@ def write_flickr8k(root: Path, splits: dict[str, int], captions_per_image: int =
     text_dir = root / "Flickr8k_text"
     text_dir.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, ((split, name), texts) in enumerate(zip(names, captions)):
+    for i, ((_, name), texts) in enumerate(zip(names, captions)):
         write_image(root / "Flicker8k_Dataset" / name, seed * 100_000 + i)
         lines += [f"{name}#{n}\t{text}" for n, text in enumerate(texts)]
     (text_dir / "Flickr8k.token.txt").write_text("\n".join([*lines, *extra_token_lines]) + "\n", encoding="utf-8")
-    list_files = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+    list_files = {
+        "train": "Flickr_8k.trainImages.txt",
+        "val": "Flickr_8k.devImages.txt",
+        "test": "Flickr_8k.testImages.txt",
+    }
     for split, list_file in list_files.items():
         (text_dir / list_file).write_text("".join(f"{name}\n" for s, name in names if s == split), encoding="utf-8")
     return {name: (split, texts) for (split, name), texts in zip(names, captions)}
@@ -79,7 +116,6 @@ def write_karpathy(path: Path, images: list[dict], dataset: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"dataset": dataset, "images": images}), encoding="utf-8")
     return path
-
 
 
 def table_rows(index_dir: Path, table: str) -> list[dict]:
@@ -114,8 +150,16 @@ def brute_force_recall(index_dir: Path, split: str, ks: Iterable[int], positives
     i2t_ranks = 1 + np.argmax(is_true[queried], axis=1)
 
     def summary(ranks: np.ndarray) -> dict:
-        return {**{f"R@{k}": float(np.mean(ranks <= k)) for k in ks},
-                "mean_rank": float(np.mean(ranks)), "median_rank": float(np.median(ranks))}
+        return {
+            **{f"R@{k}": float(np.mean(ranks <= k)) for k in ks},
+            "mean_rank": float(np.mean(ranks)),
+            "median_rank": float(np.median(ranks)),
+        }
 
-    return {"text_to_image": summary(t2i_ranks), "image_to_text": summary(i2t_ranks),
-            "n_images": len(images), "n_captions": len(captions), "n_image_queries": int(queried.sum())}
+    return {
+        "text_to_image": summary(t2i_ranks),
+        "image_to_text": summary(i2t_ranks),
+        "n_images": len(images),
+        "n_captions": len(captions),
+        "n_image_queries": int(queried.sum()),
+    }

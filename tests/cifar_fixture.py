@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch.tasks.prompts import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES
 from clipsearch.sources.cifar import IMAGE_SIDE, VARIANTS
+from clipsearch.tasks.prompts import label_set
 
 # The official CIFAR-100 fine names are the prompt names with underscores.
 _RAW_NAMES = {
-    "cifar10": list(CIFAR10_CLASSNAMES),
-    "cifar100": [name.replace(" ", "_") for name in CIFAR100_CLASSNAMES],
+    "cifar10": label_set("cifar10"),
+    "cifar100": [name.replace(" ", "_") for name in label_set("cifar100")],
 }
 _CIFAR100_COARSE_CLASSES = 20
 
@@ -90,7 +90,11 @@ def make_cifar_archive(
 
     raw_names = [name.encode() for name in names]
     if variant == "cifar10":
-        meta = {b"num_cases_per_batch": len(train_labels) // len(train_files), b"label_names": raw_names, b"num_vis": 3072}
+        meta = {
+            b"num_cases_per_batch": len(train_labels) // len(train_files),
+            b"label_names": raw_names,
+            b"num_vis": 3072,
+        }
     else:
         coarse = [f"superclass_{i}".encode() for i in range(_CIFAR100_COARSE_CLASSES)]
         meta = {b"fine_label_names": raw_names, b"coarse_label_names": coarse}

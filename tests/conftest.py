@@ -13,7 +13,7 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see clipsearch/cli.py
 
 # Tiny test models gain nothing from intra-op threads; on 2 shared cores they only contend.
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
@@ -21,7 +21,9 @@ _real_connect = socket.socket.connect
 
 
 def _guarded_connect(sock: socket.socket, address):  # type: ignore[no-untyped-def]
-    if sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1", "localhost")):
+    if sock.family == socket.AF_UNIX or (
+        isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1", "localhost")
+    ):
         return _real_connect(sock, address)
     raise RuntimeError(f"tests must not use the network (tried to connect to {address})")
 

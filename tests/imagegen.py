@@ -46,12 +46,18 @@ def photo_like(width: int, height: int, seed: int) -> Image.Image:
     small_w, small_h = max(8, width // 4), max(8, height // 4)
     coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
     base = np.asarray(Image.fromarray(coarse, "RGB").resize((small_w, small_h), Image.BICUBIC), np.float32)
-    ramp = np.linspace(-40, 40, small_w, dtype=np.float32)[None, :, None] + np.linspace(-30, 30, small_h, dtype=np.float32)[:, None, None]
+    ramp = (
+        np.linspace(-40, 40, small_w, dtype=np.float32)[None, :, None]
+        + np.linspace(-30, 30, small_h, dtype=np.float32)[:, None, None]
+    )
     scene = Image.fromarray(np.clip(base + ramp, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(scene)
     for _ in range(int(rng.integers(4, 12))):
         x0, y0 = int(rng.integers(0, small_w)), int(rng.integers(0, small_h))
-        w, h = int(rng.integers(small_w // 20 + 1, small_w // 3 + 2)), int(rng.integers(small_h // 20 + 1, small_h // 3 + 2))
+        w, h = (
+            int(rng.integers(small_w // 20 + 1, small_w // 3 + 2)),
+            int(rng.integers(small_h // 20 + 1, small_h // 3 + 2)),
+        )
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         if rng.random() < 0.5:
             draw.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)

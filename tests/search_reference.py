@@ -4,8 +4,9 @@ brute-force numpy ranking."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lancedb
 import numpy as np
@@ -37,7 +38,10 @@ def combine(weighted: Sequence[tuple[float, np.ndarray]]) -> np.ndarray:
 
 
 def brute_force(
-    rows: list[dict[str, Any]], query: np.ndarray, k: int, keep: Callable[[dict], bool] | None = None,
+    rows: list[dict[str, Any]],
+    query: np.ndarray,
+    k: int,
+    keep: Callable[[dict], bool] | None = None,
     threshold: float | None = None,
 ) -> list[tuple[str, float]]:
     """(id, score) of the k best rows by inner product, best first."""
@@ -49,7 +53,9 @@ def brute_force(
     return [(rows[i]["id"], float(scores[i])) for i in order if threshold is None or scores[i] >= threshold]
 
 
-def assert_same_ranking(got: Sequence[tuple[str, float]], expected: Sequence[tuple[str, float]], tol: float = 1e-5) -> None:
+def assert_same_ranking(
+    got: Sequence[tuple[str, float]], expected: Sequence[tuple[str, float]], tol: float = 1e-5
+) -> None:
     """Same ids in the same order, scores within `tol`; only exact ties (identical vectors,
     e.g. a copied file) may come in either order."""
     assert len(got) == len(expected), (got, expected)

@@ -9,15 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..index.index import Index
-from ..model.spec import ModelSpec
+from ..api import Index
 
 out = Console()
 err = Console(stderr=True)
 
 RootOpt = typer.Option(None, "--root", help="Index root folder (default: $CLIPSEARCH_HOME or ./indexes).")
 ModelOpt = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-B-32, RN50, mini, tiny.")
-PretrainedOpt = typer.Option(None, "--pretrained", help="Pretrained tag, checkpoint path, or 'none' (random, for tests).")
+PretrainedOpt = typer.Option(
+    None, "--pretrained", help="Pretrained tag, checkpoint path, or 'none' (random, for tests)."
+)
 
 
 def fmt_bytes(n: float) -> str:
@@ -31,14 +32,20 @@ def fmt_bytes(n: float) -> str:
 def open_index(name: str, root: Optional[Path], model: Optional[str] = None, pretrained: Optional[str] = None) -> Index:
     """The named index; with --model/--pretrained, refused unless they are the index's own model."""
     index = Index.open(name, root)
-    if model or pretrained:
-        index.check_model(ModelSpec.resolve(model or index.spec.arch, pretrained))
+    index.check_model_named(model, pretrained)
     return index
+
 
 def print_hits(index: Any, hits: list, title: str) -> None:
     """The results table: rank, score, path (or dataset id), size, label."""
     table = Table(title=title)
-    for column, justify in (("rank", "right"), ("score", "right"), ("path", "left"), ("size", "right"), ("label", "left")):
+    for column, justify in (
+        ("rank", "right"),
+        ("score", "right"),
+        ("path", "left"),
+        ("size", "right"),
+        ("label", "left"),
+    ):
         table.add_column(column, justify=justify)
     for hit in hits:
         row = hit.row

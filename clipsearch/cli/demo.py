@@ -10,21 +10,28 @@ contact sheet of their hits.
 
 from __future__ import annotations
 
-import json
 import shutil
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import typer
+from PIL import Image, ImageDraw, ImageFont
 from rich.table import Table
 
-from .common import out, print_hits
+from ..api import Index
 from ..errors import ClipsearchError
-
-if TYPE_CHECKING:
-    from PIL import Image
+from ..files import read_json, write_json
+from ..index.query import Hit
+from ..model.spec import architecture_image_size
+from ..present.sheets import contact_sheet
+from ..sources.images import open_uri
+from ..sources.shapes import generate_shapes
+from ..tasks.retrieval import evaluate_retrieval
+from ..tasks.zeroshot_eval import evaluate_zero_shot
+from ..training.config import BEST_WEIGHTS, CONFIG_FILE, TrainConfig
+from .common import out, print_hits
 
 # The demo recipe (see docs/TRAINING.md for how it was chosen and what it reaches).
 DEMO_ARCH = "tiny-rn"
@@ -51,39 +58,12 @@ def demo_cmd(
     epochs: int = typer.Option(DEMO_EPOCHS, "--epochs", help="Training epochs."),
 ) -> None:
     """Generate shapes, train the small tiny-rn CLIP on CPU, index the test split, evaluate and search it."""
-    from ..index.index import Index
-    from ..present.sheets import contact_sheet
-    from ..files import write_json
-    from ..sources.images import open_uri
-    from ..sources.shapes import generate_shapes
-    from ..training.loop import TrainConfig, train
-
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     _clear(out_dir)
-    data = out_dir / "shapes"
-    size = _model_image_size(DEMO_ARCH)
-
-    out.rule("1. generate the shapes dataset")
-    meta = generate_shapes(data, n=n, size=size, seed=DEMO_SEED)
-    timings["generate"] = time.perf_counter() - started
-    out.print(f"{meta['n']} images of {size} px ({meta['counts']}) in {data}; "
-              f"held out of train: {', '.join(meta['holdout'])} ({timings['generate']:.0f} s)", highlight=False)
-
-    out.rule(f"2. train {DEMO_ARCH} for {epochs} epochs")
-    run = out_dir / "run"
-    config = TrainConfig(data=str(data), arch=DEMO_ARCH, out=str(run), epochs=epochs, batch_size=DEMO_BATCH,
-                         lr=DEMO_LR, seed=DEMO_SEED)
-    result = train(config, console=out)
-    timings["train"] = result.seconds
-
-    out.rule("3. index the test split with the trained model")
-    checkpoint = run / "best.safetensors"
-    step_started = time.perf_counter()
-    index = Index.create("demo", out_dir / "indexes", model=DEMO_ARCH, pretrained=str(checkpoint))
-    stats = index.add_folder(data, exclude=["train", "val"])
-    timings["index"] = time.perf_counter() - step_started
-    out.print(f"indexed {stats.new} test images and {stats.captions} captions in {stats.seconds:.1f} s", highlight=False)
+    data, run = out_dir / "shapes", out_dir / "run"
+    timings = {"generate": _generate(data, n)}
+    timings["train"] = _train(data, run, epochs)
+    index, timings["index"] = _index_test_split(out_dir / "indexes", data, run / BEST_WEIGHTS)
 
     out.rule("4. evaluate on the test split")
     step_started = time.perf_counter()
@@ -92,23 +72,22 @@ def demo_cmd(
     out.print(_results_table(values, chance, index.counts()["images"]))
 
     out.rule("5. search")
-    sheet_images, sheet_captions = [], []
-    for query in TEXT_QUERIES:
-        hits = index.search(query, k=HITS_PER_QUERY)
-        print_hits(index, hits, f"text query: {query!r}")
-        _add_row(sheet_images, sheet_captions, _text_tile(query), "text query", hits)
-    query_image = _first_test_image(index, "blue triangle")
-    hits = index.search(image=query_image, k=HITS_PER_QUERY)
-    print_hits(index, hits, f"image query: {query_image} (a held-out blue triangle)")
-    _add_row(sheet_images, sheet_captions, open_uri(query_image), "image query", hits)
-    sheet = contact_sheet(sheet_images, sheet_captions, out_dir / "contact_sheet.png", thumb=THUMB,
-                          columns=HITS_PER_QUERY + 1, title="demo queries on the test split: query, then its hits")
+    sheet = _search(index, out_dir / "contact_sheet.png")
     timings["total"] = time.perf_counter() - started
-    write_json(out_dir / "results.json", {"test": values, "chance": chance, "seconds": timings,
-                                          "model": index.spec.to_dict(),
-                                          "train": json.loads((run / "config.json").read_text())["train"]})
-    out.print(f"contact sheet: {sheet}; results: {out_dir / 'results.json'}; training curves: {run / 'curves.png'}",
-              highlight=False)
+    write_json(
+        out_dir / "results.json",
+        {
+            "test": values,
+            "chance": chance,
+            "seconds": timings,
+            "model": index.spec.to_dict(),
+            "train": read_json(run / CONFIG_FILE)["train"],
+        },
+    )
+    out.print(
+        f"contact sheet: {sheet}; results: {out_dir / 'results.json'}; training curves: {run / 'curves.png'}",
+        highlight=False,
+    )
     out.print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), highlight=False)
 
 
@@ -118,42 +97,78 @@ def _clear(out_dir: Path) -> None:
         return
     strangers = sorted(p.name for p in out_dir.iterdir() if p.name not in DEMO_ENTRIES)
     if strangers:
-        raise ClipsearchError(f"{out_dir} is not a demo folder (it holds {', '.join(strangers[:3])}); choose another --out")
+        raise ClipsearchError(
+            f"{out_dir} is not a demo folder (it holds {', '.join(strangers[:3])}); choose another --out"
+        )
     shutil.rmtree(out_dir)
 
 
-def _model_image_size(arch: str) -> int:
-    import open_clip
+def _generate(data: Path, n: int) -> float:
+    """Step 1: the shapes dataset, at the side the model takes; the seconds it took."""
+    out.rule("1. generate the shapes dataset")
+    size = architecture_image_size(DEMO_ARCH)  # loads open_clip (seconds): not counted as generating
+    started = time.perf_counter()
+    meta = generate_shapes(data, n=n, size=size, seed=DEMO_SEED)
+    seconds = time.perf_counter() - started
+    out.print(
+        f"{meta['n']} images of {size} px ({meta['counts']}) in {data}; "
+        f"held out of train: {', '.join(meta['holdout'])} ({seconds:.0f} s)",
+        highlight=False,
+    )
+    return seconds
 
-    from ..model import encoder  # noqa: F401  (registers the shipped configs with open_clip)
 
-    size = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
+def _train(data: Path, run: Path, epochs: int) -> float:
+    """Step 2: train the demo model into `run`; the seconds training took."""
+    from ..training.loop import train  # torch and open_clip: loaded only when the demo runs
+
+    out.rule(f"2. train {DEMO_ARCH} for {epochs} epochs")
+    config = TrainConfig(
+        data=str(data), arch=DEMO_ARCH, out=str(run), epochs=epochs, batch_size=DEMO_BATCH, lr=DEMO_LR, seed=DEMO_SEED
+    )
+    return train(config, console=out).seconds
 
 
-def _evaluate(index) -> tuple[dict[str, float], dict[str, float]]:
+def _index_test_split(root: Path, data: Path, checkpoint: Path) -> tuple[Index, float]:
+    """Step 3: index the test split with the trained checkpoint, the normal indexing path."""
+    out.rule("3. index the test split with the trained model")
+    started = time.perf_counter()
+    index = Index.create("demo", root, model=DEMO_ARCH, pretrained=str(checkpoint))
+    stats = index.add_folder(data, exclude=["train", "val"])
+    out.print(
+        f"indexed {stats.new} test images and {stats.captions} captions in {stats.seconds:.1f} s", highlight=False
+    )
+    return index, time.perf_counter() - started
+
+
+def _evaluate(index: Index) -> tuple[dict[str, float], dict[str, float]]:
     """Test-split numbers exactly as `clipsearch eval zeroshot` and `eval retrieval` compute them."""
-    from ..tasks.zeroshot_eval import evaluate_zero_shot
-    from ..tasks.retrieval import evaluate_retrieval
-    import numpy as np
-
-    from ..training.loop import RECALL_KS, chance_levels
+    from ..training.validate import RECALL_KS, chance_levels  # torch: loaded only when the demo runs
 
     zero_shot, _ = evaluate_zero_shot(index, "shapes", split="test")
-    retrieval, _ = evaluate_retrieval(index, "test", ks=RECALL_KS)
-    values = {f"{short}_R@{k}": retrieval[direction][f"R@{k}"] for short, direction in
-              (("t2i", "text_to_image"), ("i2t", "image_to_text")) for k in RECALL_KS}
-    values.update(zs_top1=zero_shot["top1"], zs_seen_top1=zero_shot["seen"]["top1"],
-                  zs_heldout_top1=zero_shot["held_out"]["top1"])
-    captions_per_image = [len(c or []) for c in index.rows("split = 'test'", ["captions"]).column("captions").to_pylist()]
+    retrieval = evaluate_retrieval(index, "test", ks=RECALL_KS)
+    values = {
+        f"{short}_R@{k}": retrieval[direction][f"R@{k}"]
+        for short, direction in (("t2i", "text_to_image"), ("i2t", "image_to_text"))
+        for k in RECALL_KS
+    }
+    values.update(
+        zs_top1=zero_shot["top1"], zs_seen_top1=zero_shot["seen"]["top1"], zs_heldout_top1=zero_shot["held_out"]["top1"]
+    )
+    captions_per_image = [len(c or []) for c in index.split_rows("test", ["captions"]).column("captions").to_pylist()]
     chance = chance_levels(retrieval["n_images"], np.array(captions_per_image), len(zero_shot["per_class"]))
     return values, chance
 
 
 _LABELS = {
-    "t2i_R@1": "text→image R@1", "t2i_R@5": "text→image R@5", "t2i_R@10": "text→image R@10",
-    "i2t_R@1": "image→text R@1", "i2t_R@5": "image→text R@5", "i2t_R@10": "image→text R@10",
-    "zs_top1": "zero-shot top-1, all classes", "zs_seen_top1": "zero-shot top-1, seen pairs",
+    "t2i_R@1": "text→image R@1",
+    "t2i_R@5": "text→image R@5",
+    "t2i_R@10": "text→image R@10",
+    "i2t_R@1": "image→text R@1",
+    "i2t_R@5": "image→text R@5",
+    "i2t_R@10": "image→text R@10",
+    "zs_top1": "zero-shot top-1, all classes",
+    "zs_seen_top1": "zero-shot top-1, seen pairs",
     "zs_heldout_top1": "zero-shot top-1, held-out pairs",
 }
 
@@ -168,15 +183,35 @@ def _results_table(values: dict[str, float], chance: dict[str, float], n_images:
     return table
 
 
-def _first_test_image(index, label: str) -> str:
-    rows = index.rows(f"label_name = '{label}'", ["id", "uri"]).to_pylist()
-    return sorted(rows, key=lambda r: r["id"])[0]["uri"]
+def _first_test_image(index: Index, label: str) -> str:
+    rows = index.split_rows("all", ["id", "uri", "label_name"]).to_pylist()
+    return min((r for r in rows if r["label_name"] == label), key=lambda r: r["id"])["uri"]
+
+
+def _search(index: Index, sheet_path: Path) -> Path:
+    """Step 5: the text queries and a held-out image query, each printed; a contact sheet of all their hits."""
+    images: list[Image.Image] = []
+    captions: list[str] = []
+    for query in TEXT_QUERIES:
+        hits = index.search(query, k=HITS_PER_QUERY)
+        print_hits(index, hits, f"text query: {query!r}")
+        _add_row(images, captions, _text_tile(query), "text query", hits)
+    query_image = _first_test_image(index, "blue triangle")
+    hits = index.search(image=query_image, k=HITS_PER_QUERY)
+    print_hits(index, hits, f"image query: {query_image} (a held-out blue triangle)")
+    _add_row(images, captions, open_uri(query_image), "image query", hits)
+    return contact_sheet(
+        images,
+        captions,
+        sheet_path,
+        thumb=THUMB,
+        columns=HITS_PER_QUERY + 1,
+        title="demo queries on the test split: query, then its hits",
+    )
 
 
 def _text_tile(text: str) -> Image.Image:
     """A white square with the query written on it, wrapped, as the first cell of its row."""
-    from PIL import Image, ImageDraw, ImageFont
-
     tile = Image.new("RGB", (THUMB, THUMB), (255, 255, 255))
     font = ImageFont.load_default(size=15)
     lines = textwrap.wrap(text, width=13)
@@ -184,9 +219,9 @@ def _text_tile(text: str) -> Image.Image:
     return tile
 
 
-def _add_row(images: list, captions: list, query_tile: Image.Image, query_caption: str, hits: list) -> None:
-    from ..sources.images import open_uri
-
+def _add_row(
+    images: list[Image.Image], captions: list[str], query_tile: Image.Image, query_caption: str, hits: list[Hit]
+) -> None:
     images.append(query_tile)
     captions.append(query_caption)
     for hit in hits:

@@ -4,35 +4,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
+from ..api import Index
 from ..errors import ClipsearchError
+from ..index.query import check_k
+from ..present.sheets import contact_sheet
+from ..sources.datasets import DATASETS, is_dataset
+from ..sources.images import open_uri
 from .common import ModelOpt, PretrainedOpt, RootOpt, err, fmt_bytes, open_index, out, print_hits
 
 
 # -- index -------------------------------------------------------------------
 def index_cmd(
-    path: str = typer.Argument(..., help="Image folder (or a dataset name: cifar10, cifar100, flickr8k, flickr30k, coco)."),
+    path: str = typer.Argument(
+        ..., help="Image folder (or a dataset name: cifar10, cifar100, flickr8k, flickr30k, coco)."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Index name (default: the folder's name)."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1, at most 4)."),
-    exclude: List[str] = typer.Option([], "--exclude", help="Glob of files or folders to leave out (repeatable)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="Decoding processes (default: cores - 1, at most 4)."
+    ),
+    exclude: list[str] = typer.Option([], "--exclude", help="Glob of files or folders to leave out (repeatable)."),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of deleted files for good."),
     split: str = typer.Option("test", "--split", help="Dataset split: train, val, test or all (datasets only)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where a dataset's archive or files are (datasets only)."),
-    captions: Optional[Path] = typer.Option(None, "--captions", help="Captions file (JSONL/CSV/Flickr8k token file) for the images."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Where a dataset's archive or files are (datasets only)."
+    ),
+    captions: Optional[Path] = typer.Option(
+        None, "--captions", help="Captions file (JSONL/CSV/Flickr8k token file) for the images."
+    ),
     root: Optional[Path] = RootOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Index an image folder (encodes only new or changed files) or a named dataset."""
-    from ..index.index import Index
-    from ..sources.datasets import DATASETS, is_dataset
-
     folder = Path(path).expanduser()
     options = dict(batch_size=batch_size, workers=workers, progress=not as_json, prune=prune)
     if folder.is_dir() or not is_dataset(path):
@@ -40,14 +50,10 @@ def index_cmd(
             raise ClipsearchError(f"folder not found: {path} (or name a dataset: {', '.join(DATASETS)})")
         index = Index.create(name or folder.resolve().name, root, model=model, pretrained=pretrained)
         stats = index.add_folder(folder, exclude=exclude, captions=captions, **options)
-    else:
-        from ..sources.datasets import dataset_items
-
-        # Read the dataset first: a missing one must not leave an empty index behind.
-        items, problems = dataset_items(path, split, data_dir, captions)
-        index = Index.create(name or path, root, model=model, pretrained=pretrained)
-        index.problems = problems
-        stats = index.add_items(items, path, mark_missing=False, **options)
+    else:  # read first: a missing dataset leaves no empty index behind
+        index, stats = Index.from_dataset(
+            path, split, data_dir, captions, name=name, root=root, model=model, pretrained=pretrained, **options
+        )
     for problem in index.problems[:20]:
         err.print(f"warning: {problem}", highlight=False, soft_wrap=True)
     if len(index.problems) > 20:
@@ -63,7 +69,11 @@ def _print_sync(index: Any, stats: Any) -> None:
     for column in ("new", "updated", "unchanged", "moved", "deleted", "skipped", "seconds", "images/s"):
         table.add_column(column, justify="right")
     s = stats
-    table.add_row(*(str(v) for v in (s.new, s.updated, s.unchanged, s.moved, s.deleted, s.skipped)), f"{s.seconds:.1f}", f"{s.images_per_s:.1f}")
+    table.add_row(
+        *(str(v) for v in (s.new, s.updated, s.unchanged, s.moved, s.deleted, s.skipped)),
+        f"{s.seconds:.1f}",
+        f"{s.images_per_s:.1f}",
+    )
     out.print(table)
     for image_id, reason in stats.skipped_reasons[:20]:
         out.print(f"  skipped {image_id}: {reason}", highlight=False)
@@ -74,8 +84,10 @@ def _print_sync(index: Any, stats: Any) -> None:
 # -- search ------------------------------------------------------------------
 def search_cmd(
     name: str = typer.Argument(..., help="Index name."),
-    query: Optional[List[str]] = typer.Argument(None, help='Text and/or image paths, joined by + and -, e.g. "a dog" + "2:snow" - grass.'),
-    image: List[Path] = typer.Option([], "--image", help="Query image (repeatable; added to the query)."),
+    query: Optional[list[str]] = typer.Argument(
+        None, help='Text and/or image paths, joined by + and -, e.g. "a dog" + "2:snow" - grass.'
+    ),
+    image: list[Path] = typer.Option([], "--image", help="Query image (repeatable; added to the query)."),
     k: int = typer.Option(10, "-k", "--k", help="Number of results."),
     where: Optional[str] = typer.Option(None, "--where", help="LanceDB SQL filter, e.g. \"split = 'test'\"."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Drop hits with a cosine score below this."),
@@ -88,8 +100,6 @@ def search_cmd(
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Search an index by text, image, or a weighted combination."""
-    from ..index.query import check_k
-
     check_k(k)
     if as_json and paths:
         raise ClipsearchError("choose one of --json and --paths")
@@ -108,10 +118,12 @@ def search_cmd(
         return
     hits = index.search(query, image=list(image) or None, k=k, where=where, threshold=threshold)
     if grid:
-        from ..present.sheets import contact_sheet
-        from ..sources.images import open_uri
-
-        contact_sheet([open_uri(h.uri) for h in hits], [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits], grid, title=" ".join(query or []))
+        contact_sheet(
+            [open_uri(h.uri) for h in hits],
+            [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits],
+            grid,
+            title=" ".join(query or []),
+        )
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in hits], default=str))
     elif paths:
@@ -123,18 +135,18 @@ def search_cmd(
         err.print(f"contact sheet: {grid}")
 
 
-
-
 # -- list / info / remove --------------------------------------------------------
 def list_cmd(root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the indexes under the root."""
-    from ..index.index import Index
-    from ..index.store import Store
-
-    infos = []
-    for path in Store.list_indexes(root):
-        index = Index.open(path.name, path.parent)
-        infos.append({"name": path.name, "model": index.spec.identity(), "images": index.counts()["images"], "updated": index.manifest.get("updated")})
+    infos = [
+        {
+            "name": index.name,
+            "model": index.spec.identity(),
+            "images": index.counts(recorded=True)["images"],
+            "updated": index.manifest.get("updated"),
+        }
+        for index in Index.all(root)
+    ]
     if as_json:
         out.print_json(json.dumps(infos))
         return
@@ -147,7 +159,9 @@ def list_cmd(root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False,
 
 
 def info_cmd(
-    name: str, root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False, "--json"),
+    name: str,
+    root: Optional[Path] = RootOpt,
+    as_json: bool = typer.Option(False, "--json"),
     skipped: bool = typer.Option(False, "--skipped", help="Also list files that could not be read."),
 ) -> None:
     """Model, counts, index type, sizes on disk, last update."""
@@ -161,11 +175,15 @@ def info_cmd(
     table = Table(title=f"index '{name}'", show_header=False)
     ann = info["ann"] or {}
     for key, value in (
-        ("path", info["path"]), ("model", info["model_id"]), ("dim", info["dim"]),
+        ("path", info["path"]),
+        ("model", info["model_id"]),
+        ("dim", info["dim"]),
         *((k, v) for k, v in info["counts"].items()),
         ("faiss", f"{ann.get('kind')} ({ann.get('factory')}), recall@10 {ann.get('recall@10')}"),
-        ("disk", fmt_bytes(info["disk_bytes"])), ("sources", ", ".join(info["sources"])),
-        ("created", info["created"]), ("updated", info["updated"]),
+        ("disk", fmt_bytes(info["disk_bytes"])),
+        ("sources", ", ".join(info["sources"])),
+        ("created", info["created"]),
+        ("updated", info["updated"]),
     ):
         table.add_row(str(key), str(value))
     out.print(table)
@@ -175,9 +193,5 @@ def info_cmd(
 
 def remove_cmd(name: str, root: Optional[Path] = RootOpt) -> None:
     """Delete an index folder."""
-    from ..index.store import Store
-
-    Store.remove(Store.folder(name, root))
+    Index.remove(name, root)
     out.print(f"removed index '{name}'")
-
-

@@ -9,8 +9,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from .common import RootOpt, open_index, err, out
 from ..errors import ClipsearchError
+from ..tasks import outputs
+from ..tasks.retrieval import evaluate_retrieval
+from .common import RootOpt, err, open_index, out
 
 _DIRECTIONS = (("text_to_image", "text → image", "n_captions"), ("image_to_text", "image → text", "n_image_queries"))
 
@@ -28,8 +30,10 @@ def parse_ks(text: str) -> list[int]:
 
 def retrieval_table(report: dict[str, Any], ks: list[int]) -> Table:
     """One row per direction: R@k in percent, mean and median rank, number of queries."""
-    table = Table(title=f"retrieval on '{report['index']}' split {report['split']}: "
-                        f"{report['n_images']} images, {report['n_captions']} captions")
+    table = Table(
+        title=f"retrieval on '{report['index']}' split {report['split']}: "
+        f"{report['n_images']} images, {report['n_captions']} captions"
+    )
     table.add_column("direction")
     for k in ks:
         table.add_column(f"R@{k} %", justify="right")
@@ -37,8 +41,13 @@ def retrieval_table(report: dict[str, Any], ks: list[int]) -> Table:
         table.add_column(column, justify="right")
     for key, label, queries in _DIRECTIONS:
         row = report[key]
-        table.add_row(label, *(f"{100 * row[f'R@{k}']:.2f}" for k in ks), f"{row['mean_rank']:.2f}",
-                      f"{row['median_rank']:g}", str(report[queries]))
+        table.add_row(
+            label,
+            *(f"{100 * row[f'R@{k}']:.2f}" for k in ks),
+            f"{row['mean_rank']:.2f}",
+            f"{row['median_rank']:g}",
+            str(report[queries]),
+        )
     return table
 
 
@@ -53,11 +62,10 @@ def retrieval_cmd(
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Text→image and image→text recall@k (a query hits when any true match is in the top k), mean and median rank."""
-    from ..tasks.retrieval import evaluate_retrieval
-
     k_values = parse_ks(ks)
     index = open_index(name, root)
-    report, files = evaluate_retrieval(index, split, k_values, out_dir)
+    report = evaluate_retrieval(index, split, k_values)
+    files = outputs.write_retrieval(report, out_dir or outputs.retrieval_dir(index, split))
     if as_json:
         shown = {key: value for key, value in report.items() if key != "curves"}  # the curves are in results.json
         out.print_json(json.dumps({**shown, "files": {kind: str(path) for kind, path in files.items()}}))

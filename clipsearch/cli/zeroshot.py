@@ -4,29 +4,34 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import ModelOpt, PretrainedOpt, RootOpt, open_index, err, out
+from ..errors import ClipsearchError
+from ..index.query import load_query_image
+from ..index.sync import default_workers
+from ..model.encoder import Encoder
+from ..present.progress import Update, counting_bar, progress_bars
+from ..present.tables import classification_table, comparison_table, label_counts_table
+from ..tasks import outputs
+from ..tasks.corruptions import parse_corruption
+from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
+from ..tasks.zeroshot import Prediction, class_prototypes, classify, predict_images
+from ..tasks.zeroshot_eval import evaluate_zero_shot, parse_template_specs
+from .common import ModelOpt, PretrainedOpt, RootOpt, err, open_index, out
 
-LabelsOpt = typer.Option(..., "--labels", help="Label set: cifar10, cifar100, shapes, a file (one label per line) or cat,dog,bird.")
-TemplatesHelp = ("Template set: cifar (18), imagenet (80), simple, shapes, a file (one template with {} per line) "
-                 "or a .json of per-class prompts (default: the label set's usual one).")
-
-
-@contextmanager
-def _progress(description: str, visible: bool = True, total: int | None = None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """A progress bar on stderr; yields (advance by n items, set the total)."""
-    with Progress(TextColumn(f"[bold]{escape(description)}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=err, disable=not visible) as progress:
-        task = progress.add_task(description, total=total)
-        yield (lambda n: progress.advance(task, n)), (lambda n: progress.update(task, total=n))
+LabelsOpt = typer.Option(
+    ..., "--labels", help="Label set: cifar10, cifar100, shapes, a file (one label per line) or cat,dog,bird."
+)
+TemplatesHelp = (
+    "Template set: cifar (18), imagenet (80), simple, shapes, a file (one template with {} per line) "
+    "or a .json of per-class prompts (default: the label set's usual one)."
+)
 
 
 # -- classify ----------------------------------------------------------------------------
@@ -41,40 +46,35 @@ def classify_cmd(
 ) -> None:
     """Label every image with its nearest class prototype (zs_label, zs_score, zs_labelset),
     so that `search NAME ... --where "zs_label = 'cat'"` works."""
-    from ..tasks.prompts import default_templates
-    from ..tasks.zeroshot import classify_index, live_image_count, prototypes_for
-    from ..present.tables import label_counts_table
-
     index = open_index(name, root, model, pretrained)
-    class_names, prototypes = prototypes_for(index.encoder, labels, templates or default_templates(labels))
-    with _progress("classifying", not as_json, live_image_count(index)) as (advance, _):
-        result = classify_index(index, class_names, prototypes, labels, on_batch=advance)
+    with counting_bar("classifying", index.live_count(), visible=not as_json, unit="img") as advance:
+        result = classify(index, labels, templates, on_batch=advance)
     if as_json:
         out.print_json(json.dumps({"index": index.name, **result.to_dict()}))
         return
-    out.print(label_counts_table(result.counts, f"zero-shot labels of '{escape(index.name)}' ({len(class_names)} classes from {escape(labels)})"))
-    err.print(f"{result.n} images labelled in {result.seconds:.1f} s; filter with --where \"zs_label = '...'\"", highlight=False)
+    title = f"zero-shot labels of '{escape(index.name)}' ({len(result.counts)} classes from {escape(labels)})"
+    out.print(label_counts_table(result.counts, title))
+    err.print(
+        f"{result.n} images labelled in {result.seconds:.1f} s; filter with --where \"zs_label = '...'\"",
+        highlight=False,
+    )
 
 
 # -- predict -----------------------------------------------------------------------------
 def predict_cmd(
-    images: List[str] = typer.Argument(..., help="Image files."),
+    images: list[str] = typer.Argument(..., help="Image files."),
     labels: str = LabelsOpt,
     k: int = typer.Option(5, "-k", "--k", help="Number of classes to show per image."),
     templates: Optional[str] = typer.Option(None, "--templates", help=TemplatesHelp),
-    index_name: Optional[str] = typer.Option(None, "--index", help="Use the model of this index (instead of --model/--pretrained)."),
+    index_name: Optional[str] = typer.Option(
+        None, "--index", help="Use the model of this index (instead of --model/--pretrained)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one entry per image."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Top-k classes of images with softmax(100 · cosine) confidences over the whole label set."""
-    from ..model.encoder import Encoder
-    from ..errors import ClipsearchError
-    from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
-    from ..index.query import load_query_image
-    from ..tasks.zeroshot import class_prototypes, predict_images
-
     class_names = resolve_labels(labels)
     if not 1 <= k <= len(class_names):  # checked before the model loads
         raise ClipsearchError(f"-k must be between 1 and the number of classes ({len(class_names)}), got {k}")
@@ -83,69 +83,126 @@ def predict_cmd(
     prompts = resolve_templates(templates or default_templates(labels), class_names)
     pixels = [load_query_image(path) for path in images]
     encoder = open_index(index_name, root).encoder if index_name else Encoder.load(model, pretrained)
-    predictions = predict_images(encoder, pixels, class_names, class_prototypes(encoder, prompts), k)
+    prototypes = class_prototypes(encoder, prompts)
+    predictions = predict_images(encoder, pixels, class_names, prototypes, k)
     if as_json:
-        out.print_json(json.dumps([
-            {"image": path, "predictions": [{"rank": rank, "label": p.label, "probability": p.probability, "cosine": p.cosine}
-                                            for rank, p in enumerate(ranked, 1)]}
-            for path, ranked in zip(images, predictions)
-        ]))
+        out.print_json(json.dumps(_predictions_json(images, predictions)))
         return
     for path, ranked in zip(images, predictions):
-        table = Table(title=escape(path))
-        for column, justify in (("rank", "right"), ("label", "left"), ("confidence", "right"), ("cosine", "right")):
-            table.add_column(column, justify=justify)
-        for rank, p in enumerate(ranked, 1):
-            table.add_row(str(rank), escape(p.label), f"{100 * p.probability:.2f} %", f"{p.cosine:.4f}")
-        out.print(table)
+        out.print(_predictions_table(path, ranked))
+
+
+def _predictions_json(images: Sequence[str], predictions: Sequence[Sequence[Prediction]]) -> list[dict]:
+    return [
+        {
+            "image": path,
+            "predictions": [
+                {"rank": rank, "label": p.label, "probability": p.probability, "cosine": p.cosine}
+                for rank, p in enumerate(ranked, 1)
+            ],
+        }
+        for path, ranked in zip(images, predictions)
+    ]
+
+
+def _predictions_table(path: str, ranked: Sequence[Prediction]) -> Table:
+    table = Table(title=escape(path))
+    for column, justify in (("rank", "right"), ("label", "left"), ("confidence", "right"), ("cosine", "right")):
+        table.add_column(column, justify=justify)
+    for rank, p in enumerate(ranked, 1):
+        table.add_row(str(rank), escape(p.label), f"{100 * p.probability:.2f} %", f"{p.cosine:.4f}")
+    return table
 
 
 # -- eval zeroshot -----------------------------------------------------------------------
 def eval_zeroshot_cmd(
     name: str = typer.Argument(..., help="Index name."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Label set (default: the indexed dataset's classes: cifar10, cifar100, shapes)."),
-    templates: Optional[str] = typer.Option(None, "--templates", help="Comma-separated template sets to compare. " + TemplatesHelp),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Label set (default: the indexed dataset's classes: cifar10, cifar100, shapes)."
+    ),
+    templates: Optional[str] = typer.Option(
+        None, "--templates", help="Comma-separated template sets to compare. " + TemplatesHelp
+    ),
     split: str = typer.Option("test", "--split", help="Split to evaluate: train, val, test or all."),
-    corruption: Optional[str] = typer.Option(None, "--corruption", help="NAME:SEVERITY (1-5): re-encode the images corrupted "
-                                             "(gaussian_noise, shot_noise, gaussian_blur, contrast, brightness, jpeg)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and confusion.png (default: <index>/eval/zeroshot-<split>)."),
+    corruption: Optional[str] = typer.Option(
+        None,
+        "--corruption",
+        help="NAME:SEVERITY (1-5): re-encode the images corrupted "
+        "(gaussian_noise, shot_noise, gaussian_blur, contrast, brightness, jpeg).",
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for results.json and confusion.png (default: <index>/eval/zeroshot-<split>)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch when re-encoding (--corruption)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes when re-encoding (default: cores - 1, at most 4)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0, help="Decoding processes when re-encoding (default: cores - 1, at most 4)."
+    ),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Zero-shot top-1, top-5, mean per-class recall, per-class accuracy and confusion matrix of a split."""
-    from ..tasks.corruptions import parse_corruption
-    from ..tasks.zeroshot_eval import default_out_dir, evaluate_zero_shot, parse_template_specs, write_zero_shot_outputs
-    from ..index.sync import default_workers
-    from ..present.tables import classification_table, comparison_table
-
     shift = parse_corruption(corruption) if corruption else None
     specs = parse_template_specs(templates)
     index = open_index(name, root, model, pretrained)
-    with _progress(f"encoding images with {corruption}", not as_json and shift is not None) as (advance, set_total):
+    with progress_bars(not as_json and shift is not None, unit="img") as update:
+        advance, set_total = _bar_sized_later(update, f"encoding images with {corruption}")
         result, class_names = evaluate_zero_shot(
-            index, labels, specs, split, shift, batch_size, default_workers() if workers is None else workers,
-            on_batch=advance, on_start=set_total,
+            index,
+            labels,
+            specs,
+            split,
+            shift,
+            batch_size,
+            default_workers() if workers is None else workers,
+            on_batch=advance,
+            on_start=set_total,
         )
-    files = write_zero_shot_outputs(result, class_names, out_dir or default_out_dir(index, split, shift))
+    files = outputs.write_zero_shot(result, class_names, out_dir or outputs.zero_shot_dir(index, split, shift))
     if as_json:
         out.print_json(json.dumps({**result, "files": {kind: str(path) for kind, path in files.items()}}))
         return
-    setting = f"{result['labels']}, split {split}" + (f", corrupted {result['corruption']}" if shift else "")
+    _print_zero_shot(result, class_names, files)
+
+
+def _bar_sized_later(update: Update, what: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    """(advance by n, set the total) for one bar whose total is known only once the work starts."""
+    state: dict[str, Any] = {"done": 0, "total": None}
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        update(what, state["done"], state["total"])
+
+    def set_total(total: int) -> None:
+        state["total"] = total
+        update(what, state["done"], total)
+
+    return advance, set_total
+
+
+def _print_zero_shot(result: dict[str, Any], class_names: list[str], files: dict[str, Path]) -> None:
+    """The report table (or a comparison of template sets), held-out lines, warnings, written files."""
+    setting = f"{result['labels']}, split {result['split']}" + (
+        f", corrupted {result['corruption']}" if result["corruption"] else ""
+    )
     reports = result.get("template_sets") or {result["templates"]: result}
     if len(reports) == 1:
-        out.print(classification_table(result, f"zero-shot '{index.name}' ({setting}, templates {result['templates']})"))
+        title = f"zero-shot '{result['index']}' ({setting}, templates {result['templates']})"
+        out.print(classification_table(result, title))
     else:
-        out.print(f"zero-shot '{escape(index.name)}' ({setting}): {len(reports)} template sets compared, accuracy %")
+        out.print(
+            f"zero-shot '{escape(result['index'])}' ({setting}): {len(reports)} template sets compared, accuracy %"
+        )
         out.print(comparison_table(reports, class_names))
     for template_name, report in reports.items():
         if "seen" in report:
             out.print(f"{template_name}: {_holdout_line(report)}", highlight=False)
     if result["excluded"]:
-        err.print(f"warning: {result['excluded']} images with a label outside '{result['labels']}' were left out", highlight=False)
+        err.print(
+            f"warning: {result['excluded']} images with a label outside '{result['labels']}' were left out",
+            highlight=False,
+        )
     err.print("\n".join(f"{kind}: {path}" for kind, path in files.items()), highlight=False, soft_wrap=True)
 
 

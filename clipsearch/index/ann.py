@@ -7,14 +7,15 @@ Vectors are L2-normalised, so inner product = cosine similarity.
 from __future__ import annotations
 
 import math
-import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import faiss
 import numpy as np
+
+from ..files import atomic_write_path
 
 # Exact search over 200k x 512 floats takes ~20 ms a query on 2 cores; past
 # that an approximate index pays off.
@@ -70,7 +71,9 @@ def set_search_params(index: faiss.Index) -> None:
         inner.nprobe = 32
 
 
-def measure_recall(index: faiss.Index, vectors: np.ndarray, n_queries: int = RECALL_QUERIES, k: int = RECALL_K) -> float:
+def measure_recall(
+    index: faiss.Index, vectors: np.ndarray, n_queries: int = RECALL_QUERIES, k: int = RECALL_K
+) -> float:
     """recall@k of the index against exact inner-product search, on stored vectors as queries."""
     rng = np.random.default_rng(0)
     queries = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
@@ -87,7 +90,9 @@ def is_exact(index: faiss.Index) -> bool:
     return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, keys) of the k best per query; missing results have key -1."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if len(queries) < PARALLEL_QUERIES:
@@ -107,7 +112,9 @@ def _one_omp_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
-def _search(index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _search(
+    index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     params = None
     if allowed_keys is not None:
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed_keys, dtype=np.int64)))
@@ -115,9 +122,7 @@ def _search(index: faiss.Index, queries: np.ndarray, k: int, allowed_keys: np.nd
 
 
 def save(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_path(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
 def load(path: Path) -> faiss.Index:

@@ -1,62 +1,52 @@
-"""The importable surface: `Index` creates/opens an index folder, adds images, searches.
-
-    from clipsearch import Index
-    index = Index.create("photos", model="ViT-B-32")
-    index.add_folder("~/Pictures")
-    for hit in index.search("a dog in the snow", k=5):
-        print(hit.score, hit.uri)
-
-The CLI and the TUI are thin shells over this class.
+"""`Index`: one index folder. Creates/opens it, adds images (sync.py), keeps its FAISS file
+(ann.py), searches (query.py) and reads rows for the tasks; every SQL string it needs is
+written here or in store.py. The tasks are functions over an Index; `clipsearch.api.Index`
+adds them as methods (the Python API), and the faces use that class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from . import ann
-from ..model.encoder import Encoder
-from ..model.spec import ModelSpec
 from ..errors import ClipsearchError
-from .sync import SyncStats, sync_items
-from .query import Hit, check_k, embed_query, parse_query, top_k_exact
+from ..model.encoder import Encoder
+from ..model.interface import EncoderLike
+from ..model.spec import ModelSpec
 from ..sources.annotations import annotate_folder_items
 from ..sources.datasets import dataset_items
 from ..sources.folder import scan_folder
 from ..sources.items import Item
-from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, sql_quote, vectors_of
+from . import ann
+from .query import Hit, caption_hits, check_k, embed_query, image_hits, nearest_keys, parse_query
+from .store import (
+    CAPTIONS,
+    DELETED_ROWS,
+    IMAGES,
+    LIVE_ROWS,
+    SKIPPED,
+    Store,
+    captions_schema,
+    sql_in_chunks,
+    sql_quote,
+    vectors_of,
+)
+from .sync import SyncStats, sync_items
 
 FAISS_FILE = "images.faiss"
 LABEL_BATCH = 8192  # rows scored and written per batch by write_labels
-ACTIVE = "deleted = false"
-
-
-def _and(*clauses: str | None) -> str:
-    return " AND ".join(f"({c})" for c in clauses if c)
-
-
-class _EncoderOnDemand:
-    """Stands in for an index's encoder during a sync and loads the model only when something
-    must be encoded: re-indexing an unchanged folder then needs no model at all."""
-
-    def __init__(self, index: "Index"):
-        self._index = index
-        self.spec = index.spec
-        self.dim = int(index.manifest["dim"])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._index.encoder, name)
 
 
 class Index:
     """One index folder: LanceDB tables + FAISS file + manifest."""
 
-    def __init__(self, store: Store, encoder: Encoder | None = None):
+    def __init__(self, store: Store, encoder: EncoderLike | None = None):
         self.store = store
         self.manifest = store.read_manifest()
         self.spec = ModelSpec.from_dict(self.manifest["model"])
@@ -67,26 +57,32 @@ class Index:
     # -- opening ---------------------------------------------------------------
     @classmethod
     def create(
-        cls, name: str, root: Path | None = None, model: str | None = None, pretrained: str | None = None,
-        encoder: Encoder | None = None,
-    ) -> "Index":
+        cls,
+        name: str,
+        root: Path | None = None,
+        model: str | None = None,
+        pretrained: str | None = None,
+        encoder: EncoderLike | None = None,
+    ) -> Index:
         """A new empty index (an existing one with the same model is opened instead)."""
         path = Store.folder(name, root)
         if Store.exists(path):
             index = cls.open(name, root, encoder=encoder)
-            if model or pretrained:  # no model named: the index's own
-                index.check_model(ModelSpec.resolve(model or index.spec.arch, pretrained))
+            index.check_model_named(model, pretrained)
             return index
         spec = encoder.spec if encoder else ModelSpec.resolve(model, pretrained)
         encoder = encoder or Encoder(spec)
         manifest = {
-            "name": name, "model": spec.to_dict(), "model_id": spec.identity(), "dim": encoder.dim,
-            "preprocessing": encoder.preprocessing(), "ann": None, "counts": {}, "sources": [],
+            "name": name,
+            "model": spec.to_dict(),
+            "model_id": spec.identity(),
+            "dim": encoder.dim,
+            "preprocessing": encoder.preprocessing(),
         }
         return cls(Store.create(path, manifest), encoder)
 
     @classmethod
-    def open(cls, name: str, root: Path | None = None, encoder: Encoder | None = None) -> "Index":
+    def open(cls, name: str, root: Path | None = None, encoder: EncoderLike | None = None) -> Index:
         path = Store.folder(name, root)
         if not Store.exists(path):
             raise ClipsearchError(f"unknown index '{name}' in {path.parent} (see 'clipsearch list')")
@@ -95,6 +91,16 @@ class Index:
             index.check_model(encoder.spec)
             index._encoder = encoder
         return index
+
+    @classmethod
+    def all(cls, root: Path | None = None) -> list[Index]:
+        """Every index under the root, by name."""
+        return [cls.open(path.name, path.parent) for path in Store.list_indexes(root)]
+
+    @staticmethod
+    def remove(name: str, root: Path | None = None) -> None:
+        """Delete an index folder for good."""
+        Store.remove(Store.folder(name, root))
 
     @property
     def name(self) -> str:
@@ -108,21 +114,45 @@ class Index:
                 f"query it with its own model (omit --model/--pretrained) or build a new index"
             )
 
+    def check_model_named(self, model: str | None, pretrained: str | None) -> None:
+        """--model/--pretrained given for this index: refused unless they name its own model (none
+        named: its own). The stored names need no look-up, so re-indexing with them loads no open_clip."""
+        if (model or pretrained) and (model or self.spec.arch, pretrained) != (self.spec.arch, self.spec.pretrained):
+            self.check_model(ModelSpec.resolve(model or self.spec.arch, pretrained))
+
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> EncoderLike:
+        """The index's own model (the torch backend), loaded on first use."""
         if self._encoder is None:
             self._encoder = Encoder(self.spec)
         return self._encoder
 
     # -- adding images -----------------------------------------------------------
-    def add_items(self, items: Sequence[Item], source: str, *, batch_size: int = 64, workers: int | None = None,
-                  progress: bool = True, prune: bool = False, mark_missing: bool = True) -> SyncStats:
+    def add_items(
+        self,
+        items: Sequence[Item],
+        source: str,
+        *,
+        batch_size: int = 64,
+        workers: int | None = None,
+        progress: bool = True,
+        prune: bool = False,
+        mark_missing: bool = True,
+    ) -> SyncStats:
         """Add or update `items`, encoding only what changed; with `mark_missing`, rows of
         `source` absent from `items` are marked deleted (a folder scan sees every file)."""
         with self.store.writer_lock():
-            encoder = self._encoder or _EncoderOnDemand(self)
-            stats = sync_items(self.store, encoder, items, source, batch_size=batch_size, workers=workers,
-                               show_progress=progress, mark_missing=mark_missing)
+            stats = sync_items(
+                self.store,
+                items,
+                source,
+                dim=int(self.manifest["dim"]),
+                load_encoder=lambda: self.encoder,  # re-indexing an unchanged folder loads no model
+                batch_size=batch_size,
+                workers=workers,
+                show_progress=progress,
+                mark_missing=mark_missing,
+            )
             sources = sorted(set(self.manifest.get("sources", [])) | {source})
             self.manifest = self.store.update_manifest(sources=sources)
             if prune:
@@ -131,24 +161,55 @@ class Index:
             self.rebuild_ann()
         return stats
 
-    def add_folder(self, folder: str | Path, exclude: Sequence[str] = (), captions: str | Path | None = None,
-                   **kwargs: Any) -> SyncStats:
+    def add_folder(
+        self, folder: str | Path, exclude: Sequence[str] = (), captions: str | Path | None = None, **kwargs: Any
+    ) -> SyncStats:
         """Index every image under `folder` (captions/labels from a sidecar file when present)."""
         folder = Path(folder).expanduser()
         items = scan_folder(folder, exclude)
         source = str(folder.resolve())
         others = [s for s in self.manifest.get("sources", []) if s.startswith("/") and s != source]
         if others:
-            raise ClipsearchError(f"index '{self.name}' already holds folder {others[0]}; use another --name for {source}")
+            raise ClipsearchError(
+                f"index '{self.name}' already holds folder {others[0]}; use another --name for {source}"
+            )
         self.problems = annotate_folder_items(folder.resolve(), items, Path(captions) if captions else None)
         return self.add_items(items, source, **kwargs)
 
-    def add_dataset(self, name: str, split: str = "test", data_dir: str | Path | None = None,
-                    captions: str | Path | None = None, **kwargs: Any) -> SyncStats:
+    def add_dataset(
+        self,
+        name: str,
+        split: str = "test",
+        data_dir: str | Path | None = None,
+        captions: str | Path | None = None,
+        **kwargs: Any,
+    ) -> SyncStats:
         """Index a named dataset's split (cifar10, cifar100, ...), downloading it when possible."""
-        items, self.problems = dataset_items(name, split, Path(data_dir).expanduser() if data_dir else None,
-                                             Path(captions).expanduser() if captions else None)
-        return self.add_items(items, name, mark_missing=False, **kwargs)
+        return self._add_read_dataset(name, dataset_items(name, split, _path(data_dir), _path(captions)), **kwargs)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: str,
+        split: str = "test",
+        data_dir: str | Path | None = None,
+        captions: str | Path | None = None,
+        *,
+        name: str | None = None,
+        root: Path | None = None,
+        model: str | None = None,
+        pretrained: str | None = None,
+        encoder: EncoderLike | None = None,
+        **kwargs: Any,
+    ) -> tuple[Index, SyncStats]:
+        """`create(name or dataset)` + `add_dataset(dataset, ...)`; a dataset that cannot be read leaves no index."""
+        read = dataset_items(dataset, split, _path(data_dir), _path(captions))
+        index = cls.create(name or dataset, root, model=model, pretrained=pretrained, encoder=encoder)
+        return index, index._add_read_dataset(dataset, read, **kwargs)
+
+    def _add_read_dataset(self, dataset: str, read: tuple[list[Item], list[str]], **kwargs: Any) -> SyncStats:
+        items, self.problems = read
+        return self.add_items(items, dataset, mark_missing=False, **kwargs)
 
     def prune(self) -> int:
         """Remove rows marked deleted (files gone from disk) for good."""
@@ -159,10 +220,11 @@ class Index:
         return removed
 
     def _prune(self) -> int:
-        gone = self.store.scan(IMAGES, ["id"], "deleted = true").column("id").to_pylist()
+        gone = self.store.scan(IMAGES, ["id"], DELETED_ROWS).column("id").to_pylist()
+        for clause in sql_in_chunks("image_id", gone):
+            self.store.delete(CAPTIONS, clause)
         if gone:
-            self.store.delete(CAPTIONS, sql_in("image_id", gone))
-            self.store.delete(IMAGES, "deleted = true")
+            self.store.delete(IMAGES, DELETED_ROWS)
         return len(gone)
 
     # -- the FAISS index ---------------------------------------------------------
@@ -172,22 +234,14 @@ class Index:
 
     def rebuild_ann(self) -> faiss.Index:
         """Build the FAISS file from the table (the source of truth) and record its version."""
-        table = self.store.scan(IMAGES, ["key", "vector"], ACTIVE)
-        index, info = ann.build(table.column("key").to_numpy(), vectors_of(table)) if table.num_rows else (
-            faiss.IndexIDMap2(faiss.IndexFlatIP(int(self.manifest["dim"]))), ann.AnnInfo("flat", "IDMap2,Flat", 0, 1.0))
+        table = self.store.scan(IMAGES, ["key", "vector"], LIVE_ROWS)
+        index, info = ann.build(table.column("key").to_numpy(), vectors_of(table))
         ann.save(index, self.faiss_path)
         self._ann = index
         self.manifest = self.store.update_manifest(
             ann={**info.to_dict(), "file": FAISS_FILE, "table_version": self.store.version()}, counts=self.counts()
         )
         return index
-
-    def annotations_changed(self) -> None:
-        """After writing label columns only: the vectors, hence the FAISS file, are still current."""
-        ann_info = dict(self.manifest["ann"] or {})
-        if ann_info.get("table_version") is not None:
-            ann_info["table_version"] = self.store.version()
-        self.manifest = self.store.update_manifest(ann=ann_info, counts=self.counts())
 
     @property
     def ann_index(self) -> faiss.Index:
@@ -201,54 +255,61 @@ class Index:
         return self._ann
 
     def write_labels(
-        self, score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], class_names: Sequence[str],
-        label_column: str, score_column: str, constants: dict[str, str], on_batch: Callable[[int], None] | None = None,
+        self,
+        score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        class_names: Sequence[str],
+        label_column: str,
+        score_column: str,
+        constants: dict[str, str],
+        on_batch: Callable[[int], None] | None = None,
         batch_size: int = LABEL_BATCH,
     ) -> dict[str, int]:
-        """Label every live image: `score(vectors) -> (class index, score)` per row, written to
-        `label_column`/`score_column` (plus constant columns). Streams, so memory stays bounded;
-        only label columns change, so the FAISS file stays valid. Returns counts per class,
-        most frequent first."""
-        ids: list[str] = []
-        classes, scores = [], []
+        """Label every live image: `score(vectors) -> (class index, score)` per row, written to `label_column`/
+        `score_column` (plus constant columns), streamed in bounded memory; only label columns change, so the
+        FAISS file stays valid. Returns counts per class, most frequent first."""
         with self.store.writer_lock():
-            for batch in self.store.images.search().where(ACTIVE).select(["id", "vector"]).limit(None).to_batches(batch_size):
-                table = pa.Table.from_batches([batch])
-                best_class, best_score = score(vectors_of(table))
-                ids += table.column("id").to_pylist()
-                classes.append(np.asarray(best_class, np.int64))
-                scores.append(np.asarray(best_score, np.float32))
-                if on_batch:
-                    on_batch(table.num_rows)
-            # Written after the scan, never into the snapshot being read.
-            class_of_row = np.concatenate(classes) if classes else np.zeros(0, np.int64)
-            score_of_row = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-            names = np.asarray(class_names, dtype=object)
-            for start in range(0, len(ids), batch_size):
-                chunk = slice(start, start + batch_size)
-                n = len(ids[chunk])
-                self.store.update_columns(IMAGES, pa.table({
-                    "id": pa.array(ids[chunk], pa.string()),
-                    label_column: pa.array(names[class_of_row[chunk]].tolist(), pa.string()),
-                    score_column: pa.array(score_of_row[chunk], pa.float32()),
-                    **{column: pa.array([value] * n, pa.string()) for column, value in constants.items()},
-                }))
+            class_of_row = self.store.label_rows(
+                IMAGES, LIVE_ROWS, score, class_names, label_column, score_column, constants, on_batch, batch_size
+            )
             self.store.compact()
-            self.annotations_changed()
+            # Only label columns changed: the vectors, hence the FAISS file, are still current.
+            ann_info = dict(self.manifest["ann"] or {})
+            if ann_info.get("table_version") is not None:
+                ann_info["table_version"] = self.store.version()
+            self.manifest = self.store.update_manifest(ann=ann_info, counts=self.counts())
         per_class = np.bincount(class_of_row, minlength=len(class_names))
         return {str(class_names[c]): int(per_class[c]) for c in np.argsort(-per_class, kind="stable")}
 
     # -- reading -----------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
-        return {
-            "images": self.store.count(IMAGES, ACTIVE),
-            "deleted": self.store.count(IMAGES, "deleted = true"),
-            "skipped": self.store.count(SKIPPED),
-            "captions": self.store.count(CAPTIONS),
-        }
+    def counts(self, recorded: bool = False) -> dict[str, int]:
+        """Live images, deleted images, skipped files, captions. `recorded`: as the last completed write
+        stored them in the manifest, if it did (opens no table: fast, for `clipsearch list`)."""
+        return dict(self.manifest["counts"]) if recorded and self.manifest.get("counts") else self.store.counts()
 
-    def rows(self, where: str | None = None, columns: Sequence[str] | None = None, include_deleted: bool = False) -> pa.Table:
-        return self.store.scan(IMAGES, columns, where if include_deleted else _and(where, ACTIVE))
+    def rows(
+        self, where: str | None = None, columns: Sequence[str] | None = None, include_deleted: bool = False
+    ) -> pa.Table:
+        live = where if include_deleted else " AND ".join(f"({c})" for c in (where, LIVE_ROWS) if c)
+        return self.store.scan(IMAGES, columns, live)
+
+    def live_count(self) -> int:
+        """How many images the index holds (rows not marked deleted)."""
+        return self.store.count(IMAGES, LIVE_ROWS)
+
+    def vector_of(self, image_id: str) -> np.ndarray:
+        """The unit vector stored for one live image (exact, and needs no model)."""
+        table = self.rows(f"id = {sql_quote(image_id)}", ["vector"])
+        if table.num_rows == 0:
+            raise ClipsearchError(f"no image {image_id!r} in index '{self.name}'")
+        return vectors_of(table)[0]
+
+    def captions_of(self, image_ids: Sequence[str]) -> pa.Table:
+        """The stored captions of these images (image_id, caption_index, caption, vector),
+        ordered by image id, then caption index."""
+        columns = ["image_id", "caption_index", "caption", "vector"]
+        tables = [self.store.scan(CAPTIONS, columns, clause) for clause in sql_in_chunks("image_id", image_ids)]
+        table = pa.concat_tables(tables) if tables else captions_schema(int(self.manifest["dim"])).empty_table()
+        return table.sort_by([("image_id", "ascending"), ("caption_index", "ascending")])
 
     def split_rows(self, split: str, columns: Sequence[str]) -> pa.Table:
         """Live rows of a split (`all`: every split), refused with the existing splits when empty."""
@@ -272,11 +333,20 @@ class Index:
     def info(self) -> dict[str, Any]:
         faiss_bytes = self.faiss_path.stat().st_size if self.faiss_path.is_file() else 0
         return {
-            "name": self.name, "path": str(self.store.path), "model": self.spec.to_dict(), "model_id": self.spec.identity(),
-            "dim": self.manifest["dim"], "preprocessing": self.manifest.get("preprocessing"), "counts": self.counts(),
-            "ann": self.manifest.get("ann"), "sources": self.manifest.get("sources", []),
-            "table_version": self.store.version(), "disk_bytes": self.store.disk_bytes(), "faiss_bytes": faiss_bytes,
-            "created": self.manifest.get("created"), "updated": self.manifest.get("updated"),
+            "name": self.name,
+            "path": str(self.store.path),
+            "model": self.spec.to_dict(),
+            "model_id": self.spec.identity(),
+            "dim": self.manifest["dim"],
+            "preprocessing": self.manifest.get("preprocessing"),
+            "counts": self.counts(),
+            "ann": self.manifest.get("ann"),
+            "sources": self.manifest.get("sources", []),
+            "table_version": self.store.version(),
+            "disk_bytes": self.store.disk_bytes(),
+            "faiss_bytes": faiss_bytes,
+            "created": self.manifest.get("created"),
+            "updated": self.manifest.get("updated"),
         }
 
     # -- searching ----------------------------------------------------------------
@@ -286,8 +356,14 @@ class Index:
         return embed_query(self.encoder, terms)
 
     def search(
-        self, query: str | Sequence[str] | None = None, *, image: str | Path | Image.Image | Sequence[Any] | None = None,
-        vector: np.ndarray | None = None, k: int = 10, where: str | None = None, threshold: float | None = None,
+        self,
+        query: str | Sequence[str] | None = None,
+        *,
+        image: str | Path | Image.Image | Sequence[Any] | None = None,
+        vector: np.ndarray | None = None,
+        k: int = 10,
+        where: str | None = None,
+        threshold: float | None = None,
     ) -> list[Hit]:
         """Nearest images to a text/image query (weighted `+`/`-` terms) or a given unit vector."""
         check_k(k)
@@ -295,25 +371,15 @@ class Index:
         # The filter runs before the query is embedded: a mistake in it fails fast, without loading the model.
         allowed = self.rows(where, ["key", "vector"] if not ann.is_exact(index) else ["key"]) if where else None
         query_vector = self.query_vector(query, image) if vector is None else np.asarray(vector, np.float32)
-        if allowed is not None:
-            keys_allowed = allowed.column("key").to_numpy()
-            if ann.is_exact(index):
-                scores, keys = ann.search(index, query_vector[None, :], k, allowed_keys=keys_allowed)
-                scores, keys = scores[0], keys[0]
-            else:
-                scores, keys = top_k_exact(query_vector, keys_allowed, vectors_of(allowed), k)
-        else:
-            scores, keys = ann.search(index, query_vector[None, :], k)
-            scores, keys = scores[0], keys[0]
-        found = [(float(s), int(key)) for s, key in zip(scores, keys) if key >= 0 and (threshold is None or s >= threshold)]
-        if not found:
-            return []
-        columns = [f.name for f in self.store.images.schema if f.name != "vector"]
-        rows = {row["key"]: row for row in self.store.scan(IMAGES, columns, sql_in("key", [key for _, key in found])).to_pylist()}
-        return [Hit(rank, score, rows[key]) for rank, (score, key) in enumerate(found, 1) if key in rows]
+        return image_hits(self.store, nearest_keys(index, query_vector, k, allowed, threshold))
 
     def search_captions(
-        self, query: str | Sequence[str] | None = None, *, image: Any = None, vector: np.ndarray | None = None, k: int = 10,
+        self,
+        query: str | Sequence[str] | None = None,
+        *,
+        image: Any = None,
+        vector: np.ndarray | None = None,
+        k: int = 10,
     ) -> list[Hit]:
         """Nearest stored captions (image → text when the query is an image), scored exactly."""
         check_k(k)
@@ -321,28 +387,8 @@ class Index:
         table = self.store.scan(CAPTIONS, ["image_id", "caption_index", "caption", "vector"])
         if table.num_rows == 0:
             raise ClipsearchError(f"index '{self.name}' has no captions (index a captioned folder or dataset)")
-        scores, rows = top_k_exact(query_vector, np.arange(table.num_rows), vectors_of(table), k)
-        meta = table.drop_columns(["vector"]).take(pa.array(rows)).to_pylist()
-        return [Hit(rank, float(score), row) for rank, (score, row) in enumerate(zip(scores, meta), 1)]
+        return caption_hits(table, query_vector, k)
 
-    # -- tasks over the index (the same functions the CLI runs) -----------------------
-    def classify(self, labels: str, templates: str | None = None) -> dict[str, int]:
-        """Zero-shot label every image (zs_label/zs_score columns); returns counts per class."""
-        from ..tasks.prompts import default_templates
-        from ..tasks.zeroshot import classify_index, prototypes_for
 
-        names, prototypes = prototypes_for(self.encoder, labels, templates or default_templates(labels))
-        return classify_index(self, names, prototypes, labels).counts
-
-    def evaluate_zero_shot(self, labels: str | None = None, templates: Sequence[str] | None = None,
-                           split: str = "test") -> dict[str, Any]:
-        """Top-1/top-5/mean per-class recall/per-class accuracy of zero-shot on a labelled split."""
-        from ..tasks.zeroshot_eval import evaluate_zero_shot
-
-        return evaluate_zero_shot(self, labels, templates, split)[0]
-
-    def evaluate_retrieval(self, split: str = "test", ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
-        """Text→image and image→text recall@k, mean and median rank on a captioned split."""
-        from ..tasks.retrieval import evaluate_retrieval
-
-        return evaluate_retrieval(self, split, ks)[0]
+def _path(path: str | Path | None) -> Path | None:
+    return Path(path).expanduser() if path else None

@@ -5,16 +5,23 @@ and run it against the FAISS index (with an optional LanceDB SQL filter).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
-from ..model.encoder import Encoder
 from ..errors import ClipsearchError
+from ..model.interface import EncoderLike
 from ..sources.images import ImageDecodeError, decode_image, is_image_file
+from . import ann
+from .store import IMAGES, Store, sql_in, vectors_of
+
+if TYPE_CHECKING:  # annotations only
+    import faiss
 
 _WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*:(.*)$", re.S)
 _OPERATORS = ("+", "-")
@@ -67,7 +74,7 @@ def parse_query(tokens: str | Sequence[str] | None, images: Sequence[str | Path 
     flat = [part for token in (tokens or []) for part in _split_inline(token)]
     terms: list[QueryTerm] = []
     sign, words = 1.0, []
-    for token in flat + ["+"]:
+    for token in [*flat, "+"]:
         if token in _OPERATORS:
             if words:
                 terms.append(_term(" ".join(words), sign))
@@ -75,13 +82,16 @@ def parse_query(tokens: str | Sequence[str] | None, images: Sequence[str | Path 
             sign = 1.0 if token == "+" else -1.0
         else:
             words.append(token)
-    terms += [QueryTerm(1.0, image=load_query_image(image), label=str(getattr(image, "filename", "") or image)) for image in images]
+    terms += [
+        QueryTerm(1.0, image=load_query_image(image), label=str(getattr(image, "filename", "") or image))
+        for image in images
+    ]
     if not terms:
         raise ClipsearchError("empty query: give text, an image path, or --image PATH")
     return terms
 
 
-def embed_query(encoder: Encoder, terms: Sequence[QueryTerm]) -> np.ndarray:
+def embed_query(encoder: EncoderLike, terms: Sequence[QueryTerm]) -> np.ndarray:
     """Weighted sum of the terms' unit embeddings, re-normalised: a (dim,) unit vector."""
     texts = [t for t in terms if t.text is not None]
     images = [t for t in terms if t.image is not None]
@@ -120,6 +130,47 @@ def top_k_exact(query: np.ndarray, keys: np.ndarray, vectors: np.ndarray, k: int
     scores = vectors @ query
     order = np.argsort(-scores, kind="stable")[:k]
     return scores[order], keys[order]
+
+
+def nearest_keys(
+    index: faiss.Index,
+    query: np.ndarray,
+    k: int,
+    allowed: pa.Table | None = None,
+    threshold: float | None = None,
+) -> list[tuple[float, int]]:
+    """(score, key) of the k rows nearest to a unit query vector, best first.
+
+    `allowed` (rows with `key`, and `vector` for an approximate index) restricts the search to
+    the rows a filter kept: an exact index searches only their keys, an approximate one is
+    bypassed by an exact scan of their vectors (its graph may hold none of them near the query).
+    """
+    queries = query[None, :]
+    if allowed is None:
+        scores, keys = (column[0] for column in ann.search(index, queries, k))
+    elif ann.is_exact(index):
+        scores, keys = (column[0] for column in ann.search(index, queries, k, allowed.column("key").to_numpy()))
+    else:
+        scores, keys = top_k_exact(query, allowed.column("key").to_numpy(), vectors_of(allowed), k)
+    return [(float(s), int(key)) for s, key in zip(scores, keys) if key >= 0 and (threshold is None or s >= threshold)]
+
+
+def image_hits(store: Store, found: Sequence[tuple[float, int]]) -> list[Hit]:
+    """(score, key) pairs as ranked hits carrying their stored rows (without the vector)."""
+    if not found:
+        return []
+    columns = [f.name for f in store.images.schema if f.name != "vector"]
+    rows = {
+        row["key"]: row for row in store.scan(IMAGES, columns, sql_in("key", [key for _, key in found])).to_pylist()
+    }
+    return [Hit(rank, score, rows[key]) for rank, (score, key) in enumerate(found, 1) if key in rows]
+
+
+def caption_hits(captions: pa.Table, query: np.ndarray, k: int) -> list[Hit]:
+    """The k captions (rows with a `vector`) nearest to a unit query vector, scored exactly."""
+    scores, rows = top_k_exact(query, np.arange(captions.num_rows), vectors_of(captions), k)
+    meta = captions.drop_columns(["vector"]).take(pa.array(rows)).to_pylist()
+    return [Hit(rank, float(score), row) for rank, (score, row) in enumerate(zip(scores, meta), 1)]
 
 
 def check_k(k: int) -> None:

@@ -1,7 +1,8 @@
 """One index = one folder: LanceDB tables (the source of truth), manifest.json, a writer lock.
 
 The FAISS file beside them is derived data (see ann.py); this module only
-knows where it lives.
+knows where it lives. lancedb (seconds of start-up: its REST client's models) is imported
+when a table is first opened, so reading a manifest (`clipsearch list`, `--help`) needs none.
 """
 
 from __future__ import annotations
@@ -12,24 +13,29 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ClipsearchError
+from ..files import atomic_write_text, read_json
+
+if TYPE_CHECKING:  # annotations only; the connection imports lancedb where it is made
+    import lancedb
 
 os.environ.setdefault("LANCEDB_LOG", "error")  # lance logs a warning for every new table
-
-import lancedb  # noqa: E402
-from lancedb.index import BTree  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-
-from ..errors import ClipsearchError  # noqa: E402
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 IMAGES, CAPTIONS, SKIPPED = "images", "captions", "skipped"
+# Rows of files gone from disk stay (marked) until a prune; every reader of images means the others.
+LIVE_ROWS, DELETED_ROWS = "deleted = false", "deleted = true"
 # Columns that later tasks (classify, probe apply) fill in; declared up front so
 # every index has one schema.
 ANNOTATION_FIELDS = [
@@ -101,12 +107,19 @@ def now_iso() -> str:
 
 
 def sql_quote(value: str) -> str:
+    """A string literal for LanceDB SQL (the one quoting rule: double the single quotes)."""
     return "'" + value.replace("'", "''") + "'"
 
 
 def sql_in(column: str, values: Sequence[Any]) -> str:
     items = ", ".join(sql_quote(v) if isinstance(v, str) else str(int(v)) for v in values)
     return f"{column} IN ({items})"
+
+
+def sql_in_chunks(column: str, values: Sequence[Any], size: int = 2000) -> Iterator[str]:
+    """`sql_in` clauses of at most `size` values each: one clause for 10^5 ids would be slow to parse."""
+    for start in range(0, len(values), size):
+        yield sql_in(column, values[start : start + size])
 
 
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -128,7 +141,11 @@ def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
     if table.num_rows == 0:
         return np.zeros((0, chunked.type.list_size), np.float32)
     flat = pa.concat_arrays([chunk.flatten() for chunk in chunked.chunks])
-    return flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, chunked.type.list_size).astype(np.float32, copy=False)
+    return (
+        flat.to_numpy(zero_copy_only=False)
+        .reshape(table.num_rows, chunked.type.list_size)
+        .astype(np.float32, copy=False)
+    )
 
 
 class Store:
@@ -136,7 +153,15 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = path
-        self.db = lancedb.connect(str(path / "db"))
+        self._db: lancedb.DBConnection | None = None
+
+    @property
+    def db(self) -> lancedb.DBConnection:
+        if self._db is None:
+            import lancedb
+
+            self._db = lancedb.connect(str(self.path / "db"))
+        return self._db
 
     # -- lifecycle -----------------------------------------------------------
     @staticmethod
@@ -146,14 +171,21 @@ class Store:
         return (root or default_root()) / name
 
     @classmethod
-    def create(cls, path: Path, manifest: dict[str, Any]) -> "Store":
+    def create(cls, path: Path, manifest: dict[str, Any]) -> Store:
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path)
         dim = int(manifest["dim"])
         store.db.create_table(IMAGES, schema=images_schema(dim), exist_ok=True)
         store.db.create_table(CAPTIONS, schema=captions_schema(dim), exist_ok=True)
         store.db.create_table(SKIPPED, schema=SKIPPED_SCHEMA, exist_ok=True)
-        manifest = {"format": FORMAT_VERSION, "created": now_iso(), **manifest}
+        manifest = {
+            "format": FORMAT_VERSION,
+            "created": now_iso(),
+            "ann": None,
+            "counts": {},
+            "sources": [],
+            **manifest,
+        }
         store.write_manifest(manifest)
         return store
 
@@ -162,7 +194,7 @@ class Store:
         return (path / MANIFEST).is_file()
 
     @classmethod
-    def open(cls, path: Path) -> "Store":
+    def open(cls, path: Path) -> Store:
         if not (path / MANIFEST).is_file():
             raise ClipsearchError(f"no index at {path} (create one with 'clipsearch index')")
         return cls(path)
@@ -185,21 +217,23 @@ class Store:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ClipsearchError(f"index {self.path.name} is being written by another process; try again when it finishes") from None
+                raise ClipsearchError(
+                    f"index {self.path.name} is being written by another process; try again when it finishes"
+                ) from None
             try:
+                # Unknown until this write completes and records them; an interrupted one leaves them so.
+                self.update_manifest(counts=None)
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- manifest ------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / MANIFEST).read_text())
+        return read_json(self.path / MANIFEST)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = {**manifest, "updated": now_iso()}
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        os.replace(tmp, self.path / MANIFEST)
+        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
     def update_manifest(self, **changes: Any) -> dict[str, Any]:
         manifest = {**self.read_manifest(), **changes}
@@ -234,6 +268,15 @@ class Store:
     def count(self, name: str, where: str | None = None) -> int:
         return int(self.table(name).count_rows(where))
 
+    def counts(self) -> dict[str, int]:
+        """Live images, deleted images, skipped files, captions."""
+        return {
+            "images": self.count(IMAGES, LIVE_ROWS),
+            "deleted": self.count(IMAGES, DELETED_ROWS),
+            "skipped": self.count(SKIPPED),
+            "captions": self.count(CAPTIONS),
+        }
+
     def upsert(self, name: str, rows: pa.Table, on: str | list[str] = "id") -> None:
         """Insert new rows and replace rows whose key already exists (also partial columns)."""
         if rows.num_rows:
@@ -248,6 +291,46 @@ class Store:
         if rows.num_rows:
             self.table(name).add(rows)
 
+    def label_rows(
+        self,
+        name: str,
+        where: str,
+        score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        class_names: Sequence[str],
+        label_column: str,
+        score_column: str,
+        constants: dict[str, str],
+        on_batch: Callable[[int], None] | None,
+        batch_size: int,
+    ) -> np.ndarray:
+        """Stream the vectors of the rows matching `where` through `score(vectors) -> (class index,
+        score)` and write the class name and score (plus constant columns) back to those rows.
+        Memory stays bounded by `batch_size`; returns the class index of every row."""
+        ids: list[str] = []
+        classes, scores = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+        for batch in self.table(name).search().where(where).select(["id", "vector"]).limit(None).to_batches(batch_size):
+            table = pa.Table.from_batches([batch])
+            best_class, best_score = score(vectors_of(table))
+            ids += table.column("id").to_pylist()
+            classes.append(np.asarray(best_class, np.int64))
+            scores.append(np.asarray(best_score, np.float32))
+            if on_batch:
+                on_batch(table.num_rows)
+        # Written after the scan, never into the snapshot being read.
+        class_of_row, score_of_row = np.concatenate(classes), np.concatenate(scores)
+        names = np.asarray(class_names, dtype=object)
+        for start in range(0, len(ids), batch_size):
+            chunk = slice(start, start + batch_size)
+            n = len(ids[chunk])
+            columns = {
+                "id": pa.array(ids[chunk], pa.string()),
+                label_column: pa.array(names[class_of_row[chunk]].tolist(), pa.string()),
+                score_column: pa.array(score_of_row[chunk], pa.float32()),
+                **{column: pa.array([value] * n, pa.string()) for column, value in constants.items()},
+            }
+            self.update_columns(name, pa.table(columns))
+        return class_of_row
+
     def delete(self, name: str, where: str) -> None:
         self.table(name).delete(where)
 
@@ -259,6 +342,8 @@ class Store:
         (younger ones may still be read by another process)."""
         for name in (IMAGES, CAPTIONS, SKIPPED):
             self.table(name).optimize(cleanup_older_than=dt.timedelta(hours=1))
+        from lancedb.index import BTree
+
         images = self.images
         if images.count_rows() and not any(i.columns == ["key"] for i in images.list_indices()):
             # Search fetches its hits by key; without this every query scans the table.

@@ -1,34 +1,51 @@
 """Bring an index up to date with a list of Items: plan what changed, encode only that,
-stream the writes, record what could not be read, rebuild the FAISS index.
+stream the writes, record what could not be read.
 
-Any source (a folder scan, CIFAR, a caption dataset) goes through `sync_items`.
+Any source (a folder scan, CIFAR, a caption dataset) goes through `sync_items`. The model is
+asked for (`load_encoder()`) only when pixels or captions must be encoded, and torch (the
+DataLoader that decodes in worker processes) is imported only then: re-indexing an unchanged
+folder loads neither.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, Dataset
 
-from ..model.encoder import Encoder
+from ..files import file_digest
+from ..model.interface import EncoderLike
+from ..present.progress import counting_bar
 from ..sources.images import ImageDecodeError, open_uri
 from ..sources.items import Item
-from .store import CAPTIONS, IMAGES, SKIPPED, SKIPPED_SCHEMA, Store, captions_schema, images_schema, rows_to_table, sql_in, vectors_of
+from .store import (
+    CAPTIONS,
+    IMAGES,
+    SKIPPED,
+    SKIPPED_SCHEMA,
+    Store,
+    captions_schema,
+    images_schema,
+    rows_to_table,
+    sql_in,
+    sql_quote,
+    vectors_of,
+)
 
 WRITE_BATCH = 1024  # rows per LanceDB commit: bounded memory, few fragments
 # DataLoader workers are forked; they only decode pixels and never touch LanceDB,
 # whose at-fork warning is therefore moot here.
 warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+
+# Returns the index's encoder, loading the model on the first call.
+EncoderLoader = Callable[[], EncoderLike]
 
 
 @dataclass
@@ -70,21 +87,13 @@ class Plan:
     still_skipped: list[str] = field(default_factory=list)  # unchanged files that failed before
 
 
-def file_hash(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fill_hashes(items: Sequence[Item], skipped: list[dict[str, Any]]) -> list[Item]:
     """Content hashes for files (threads: hashlib releases the GIL); unreadable files become skips."""
     todo = [item for item in items if item.content_hash is None]
 
     def one(item: Item) -> str | None:
         try:
-            return file_hash(item.uri)
+            return file_digest(item.uri)
         except OSError as err:
             skipped.append(_skip_row(item, f"unreadable: {err.strerror or err}"))
             return None
@@ -96,17 +105,24 @@ def _fill_hashes(items: Sequence[Item], skipped: list[dict[str, Any]]) -> list[I
 
 
 def _skip_row(item: Item, reason: str) -> dict[str, Any]:
-    return {"id": item.id, "uri": item.uri, "source": item.source, "reason": reason, "size": item.size, "mtime": item.mtime}
+    return dict(id=item.id, uri=item.uri, source=item.source, reason=reason, size=item.size, mtime=item.mtime)
 
 
-def plan_sync(store: Store, items: Sequence[Item], source: str, skipped: list[dict[str, Any]], mark_missing: bool = True) -> Plan:
+_PLAN_COLUMNS = ["id", "key", "size", "mtime", "content_hash", "deleted", "source", "split", "label", "label_name"]
+
+
+def plan_sync(
+    store: Store, items: Sequence[Item], source: str, skipped: list[dict[str, Any]], mark_missing: bool = True
+) -> Plan:
+    """What to do for each item: keep (maybe relabel), re-encode, reuse a vector by content hash,
+    or encode new; and which rows of `source` are gone."""
     plan = Plan()
-    existing = store.scan(IMAGES, ["id", "key", "size", "mtime", "content_hash", "deleted", "source", "split", "label", "label_name", "captions"])
-    rows = {row["id"]: row for row in existing.to_pylist()}
-    known_skips = {(r["id"], r["size"], r["mtime"]) for r in store.scan(SKIPPED, ["id", "size", "mtime"], f"source = '{_esc(source)}'").to_pylist()}
-    next_key = max((row["key"] for row in rows.values()), default=-1) + 1
+    rows = {row["id"]: row for row in store.scan(IMAGES, [*_PLAN_COLUMNS, "captions"]).to_pylist()}
+    known_skips = {
+        (r["id"], r["size"], r["mtime"])
+        for r in store.scan(SKIPPED, ["id", "size", "mtime"], f"source = {sql_quote(source)}").to_pylist()
+    }
     seen = {item.id for item in items}
-
     needs_hash: list[Item] = []
     for item in items:
         row = rows.get(item.id)
@@ -124,7 +140,30 @@ def plan_sync(store: Store, items: Sequence[Item], source: str, skipped: list[di
             plan.updated_ids.add(item.id)
         else:
             needs_hash.append(item)
+    if needs_hash:
+        _plan_by_content(plan, rows, _fill_hashes(needs_hash, skipped), source, seen, mark_missing)
+    replaced = set(plan.replaced_ids)
+    plan.delete_ids = [
+        row["id"]
+        for row in rows.values()
+        if mark_missing
+        and row["source"] == source
+        and not row["deleted"]
+        and row["id"] not in seen
+        and row["id"] not in replaced
+    ]
+    return plan
 
+
+def _plan_by_content(
+    plan: Plan,
+    rows: dict[str, dict[str, Any]],
+    hashed: Sequence[Item],
+    source: str,
+    seen: set[str],
+    mark_missing: bool,
+) -> None:
+    """New (or returning) files: a moved or copied file reuses the vector of a row with its content hash."""
     by_hash: dict[str, dict[str, Any]] = {}
     for row in rows.values():
         if row["content_hash"]:
@@ -132,36 +171,26 @@ def plan_sync(store: Store, items: Sequence[Item], source: str, skipped: list[di
             gone = row["deleted"] or (mark_missing and row["source"] == source and row["id"] not in seen)
             if gone or row["content_hash"] not in by_hash:
                 by_hash[row["content_hash"]] = {**row, "gone": gone}
-    for item in _fill_hashes(needs_hash, skipped):
+    next_key = max((row["key"] for row in rows.values()), default=-1) + 1
+    for item in hashed:
         twin = by_hash.get(item.content_hash)
         if twin is not None and twin["gone"] and twin["id"] != item.id:
             plan.keys[item.id] = twin["key"]
             plan.reuse.append((item, twin["key"], twin["key"]))
             plan.replaced_ids.append(twin["id"])
             twin["gone"] = False  # one move per old row; further twins are copies
-        elif twin is not None:
-            plan.keys[item.id] = rows[item.id]["key"] if item.id in rows else next_key
-            next_key += item.id not in rows
+            continue
+        plan.keys[item.id] = rows[item.id]["key"] if item.id in rows else next_key
+        next_key += item.id not in rows
+        if twin is not None:
             plan.reuse.append((item, twin["key"], plan.keys[item.id]))
         else:
-            plan.keys[item.id] = rows[item.id]["key"] if item.id in rows else next_key
-            next_key += item.id not in rows
             plan.encode.append(item)
 
-    replaced = set(plan.replaced_ids)
-    plan.delete_ids = [
-        row["id"] for row in rows.values()
-        if mark_missing and row["source"] == source and not row["deleted"] and row["id"] not in seen and row["id"] not in replaced
-    ]
-    return plan
 
-
-def _esc(value: str) -> str:
-    return value.replace("'", "''")
-
-
-class _DecodeDataset(Dataset):
-    """Decode + preprocess in DataLoader workers; a bad file yields its reason, never an exception."""
+class _DecodeDataset:
+    """Decode + preprocess in DataLoader workers (a map-style dataset: `len` and indexing);
+    a bad file yields its reason, never an exception."""
 
     def __init__(self, items: Sequence[Item], preprocess: Callable, min_size: int):
         self.items, self.preprocess, self.min_size = items, preprocess, min_size
@@ -169,7 +198,7 @@ class _DecodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, tuple[int, int] | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, Any, tuple[int, int] | None, str | None]:
         try:
             image = open_uri(self.items[index].uri, min_size=self.min_size)
             return index, self.preprocess(image), image.info.get("original_size", image.size), None
@@ -179,34 +208,17 @@ class _DecodeDataset(Dataset):
             return index, None, None, f"decode failed: {type(err).__name__}: {err}".splitlines()[0]
 
 
-def _collate(batch: list) -> list:
-    return batch
+def decoded_batches(items: Sequence[Item], encoder: EncoderLike, batch_size: int, workers: int) -> Iterable[list]:
+    """Batches of (position in items, pixels or None, original size, error or None), decoded by workers."""
+    from torch.utils.data import DataLoader  # heavy: only when something is encoded
 
-
-def decoded_batches(items: Sequence[Item], encoder: Encoder, batch_size: int, workers: int) -> Iterable[list]:
-    dataset = _DecodeDataset(items, encoder.preprocess, encoder.image_size)
-    loader = DataLoader(
-        dataset,
+    return DataLoader(
+        _DecodeDataset(items, encoder.preprocess, encoder.image_size),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=list,  # a batch stays a list of tuples (failed decodes have no tensor)
         prefetch_factor=4 if workers else None,
         pin_memory=encoder.device.type == "cuda",
-    )
-    return loader
-
-
-def _progress(show: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>7.1f} img/s"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        transient=False,
-        disable=not show,  # a hidden bar would still print an empty line (e.g. before --json output)
     )
 
 
@@ -217,69 +229,108 @@ def default_workers() -> int:
     return min(4, max(1, cores - 1))
 
 
+@dataclass
+class _Target:
+    """Where a sync writes: the store, the vector width, and the encoder on demand."""
+
+    store: Store
+    dim: int
+    load_encoder: EncoderLoader
+
+    @property
+    def schema(self) -> pa.Schema:
+        return images_schema(self.dim)
+
+
 def sync_items(
     store: Store,
-    encoder: Encoder,
     items: Sequence[Item],
     source: str,
+    dim: int,
+    load_encoder: EncoderLoader,
     batch_size: int = 64,
     workers: int | None = None,
     show_progress: bool = True,
-    on_batch: Callable[[int], None] | None = None,
     mark_missing: bool = True,
 ) -> SyncStats:
-    """Make the index hold exactly `items` for `source`: encode what is new or changed."""
+    """Make the index hold exactly `items` for `source`: encode what is new or changed.
+    `load_encoder()` is called only when something must be encoded."""
     started = time.perf_counter()
     stats = SyncStats()
     skipped: list[dict[str, Any]] = []
     plan = plan_sync(store, items, source, skipped, mark_missing)
-    schema = images_schema(encoder.dim)
+    target = _Target(store, dim, load_encoder)
 
-    # Cheap changes first (no model needed); each is one atomic LanceDB commit.
+    # Cheap changes first (no pixels decoded); each is one atomic LanceDB commit.
     if plan.delete_ids:
         _mark_deleted(store, plan.delete_ids)
     if plan.reuse:
-        reused = store.scan(IMAGES, ["key", "vector", "width", "height"], sql_in("key", sorted({k for _, k, _ in plan.reuse})))
-        by_key = {key: (vec, w, h) for key, vec, w, h in zip(reused.column("key").to_pylist(), vectors_of(reused), reused.column("width").to_pylist(), reused.column("height").to_pylist())}
-        if plan.replaced_ids:
-            store.delete(IMAGES, sql_in("id", plan.replaced_ids))
-            store.delete(CAPTIONS, sql_in("image_id", plan.replaced_ids))
-        rows = [_row(item, new_key, *by_key[old_key]) for item, old_key, new_key in plan.reuse]
-        stats.captions += _write_images(store, encoder, rows, [item for item, _, _ in plan.reuse], schema)
+        stats.captions += _reuse_vectors(target, plan)
     if plan.relabel:
-        store.update_columns(IMAGES, rows_to_table([_annotations(i) for i in plan.relabel], _annotation_schema(schema)))
-        stats.captions += _write_captions(store, encoder, plan.relabel)
-
+        rows = rows_to_table([_annotations(i) for i in plan.relabel], _annotation_schema(target.schema))
+        store.update_columns(IMAGES, rows)
+        stats.captions += _write_captions(target, plan.relabel)
     stats.unchanged, stats.moved, stats.deleted = plan.unchanged, len(plan.reuse), len(plan.delete_ids)
-
     if plan.encode:
-        _encode_and_write(store, encoder, plan, batch_size, workers, show_progress, stats, skipped, on_batch)
+        _encode_and_write(target, plan, batch_size, workers, show_progress, stats, skipped)
     stats.skipped_reasons = [(row["id"], row["reason"]) for row in skipped]
     stats.skipped = len(plan.still_skipped) + len(skipped)
     # The skipped table keeps this source's unchanged failures and this run's new ones.
-    stale = f"source = '{_esc(source)}'" + (f" AND NOT ({sql_in('id', plan.still_skipped)})" if plan.still_skipped else "")
+    stale = f"source = {sql_quote(source)}" + (
+        f" AND NOT ({sql_in('id', plan.still_skipped)})" if plan.still_skipped else ""
+    )
     store.delete(SKIPPED, stale)
     store.add(SKIPPED, rows_to_table(skipped, SKIPPED_SCHEMA))
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _encode_and_write(store, encoder, plan, batch_size, workers, show_progress, stats, skipped, on_batch) -> None:
-    schema = images_schema(encoder.dim)
-    workers = default_workers() if workers is None else workers
+def _reuse_vectors(target: _Target, plan: Plan) -> int:
+    """Moved and copied files take the stored vector of their content twin; returns captions written."""
+    store = target.store
+    reused = store.scan(
+        IMAGES, ["key", "vector", "width", "height"], sql_in("key", sorted({k for _, k, _ in plan.reuse}))
+    )
+    by_key = {
+        key: (vec, w, h)
+        for key, vec, w, h in zip(
+            reused.column("key").to_pylist(),
+            vectors_of(reused),
+            reused.column("width").to_pylist(),
+            reused.column("height").to_pylist(),
+        )
+    }
+    if plan.replaced_ids:
+        store.delete(IMAGES, sql_in("id", plan.replaced_ids))
+        store.delete(CAPTIONS, sql_in("image_id", plan.replaced_ids))
+    rows = [_row(item, new_key, *by_key[old_key]) for item, old_key, new_key in plan.reuse]
+    return _write_images(target, rows, [item for item, _, _ in plan.reuse])
+
+
+def _encode_and_write(
+    target: _Target,
+    plan: Plan,
+    batch_size: int,
+    workers: int | None,
+    show_progress: bool,
+    stats: SyncStats,
+    skipped: list[dict[str, Any]],
+) -> None:
+    import torch  # heavy: only when pixels are encoded
+
+    encoder = target.load_encoder()
     pending_rows: list[dict[str, Any]] = []
     pending_items: list[Item] = []
 
     def flush() -> None:
-        stats.captions += _write_images(store, encoder, pending_rows, pending_items, schema)
+        stats.captions += _write_images(target, pending_rows, pending_items)
         stats.encoded += len(pending_rows)
         stats.updated += sum(item.id in plan.updated_ids for item in pending_items)
         pending_rows.clear()
         pending_items.clear()
 
-    encode_started = time.perf_counter()
-    with _progress(show_progress) as progress:
-        task = progress.add_task("encoding", total=len(plan.encode), rate=0.0)
+    workers = default_workers() if workers is None else workers
+    with counting_bar("encoding", len(plan.encode), show_progress, unit="img") as advance:
         for batch in decoded_batches(plan.encode, encoder, batch_size, workers):
             good = [(i, t, size) for i, t, size, err in batch if err is None]
             skipped.extend(_skip_row(plan.encode[i], err) for i, _, _, err in batch if err is not None)
@@ -291,16 +342,13 @@ def _encode_and_write(store, encoder, plan, batch_size, workers, show_progress, 
                     pending_items.append(item)
             if len(pending_rows) >= WRITE_BATCH:
                 flush()
-            done = progress.tasks[task].completed + len(batch)
-            progress.update(task, completed=done, rate=done / max(time.perf_counter() - encode_started, 1e-9))
-            if on_batch:
-                on_batch(len(batch))
+            advance(len(batch))
         flush()
     stats.new = stats.encoded - stats.updated
     # A file that changed into something unreadable must not keep its old vector.
     broken = [row["id"] for row in skipped if row["id"] in plan.updated_ids]
     if broken:
-        _mark_deleted(store, broken)
+        _mark_deleted(target.store, broken)
 
 
 def _mark_deleted(store: Store, ids: list[str]) -> None:
@@ -311,40 +359,38 @@ def _mark_deleted(store: Store, ids: list[str]) -> None:
 
 
 def _row(item: Item, key: int, vector: np.ndarray, width: int | None, height: int | None) -> dict[str, Any]:
-    return {
-        "id": item.id, "key": key, "uri": item.uri, "source": item.source, "split": item.split,
-        "label": item.label, "label_name": item.label_name, "captions": item.captions, "mtime": item.mtime,
-        "size": item.size, "content_hash": item.content_hash, "width": width, "height": height,
-        "vector": vector, "deleted": False,
-    }
+    # Every Item field is a column of the same name.
+    return {**vars(item), "key": key, "width": width, "height": height, "vector": vector, "deleted": False}
+
+
+_ANNOTATION_COLUMNS = ("id", "split", "label", "label_name", "captions")  # what can change without the pixels
 
 
 def _annotation_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([schema.field(name) for name in ("id", "split", "label", "label_name", "captions")])
+    return pa.schema([schema.field(name) for name in _ANNOTATION_COLUMNS])
 
 
 def _annotations(item: Item) -> dict[str, Any]:
-    return {"id": item.id, "split": item.split, "label": item.label, "label_name": item.label_name, "captions": item.captions}
+    return {name: getattr(item, name) for name in _ANNOTATION_COLUMNS}
 
 
-def _write_images(store: Store, encoder: Encoder, rows: list[dict[str, Any]], items: Sequence[Item], schema: pa.Schema) -> int:
+def _write_images(target: _Target, rows: list[dict[str, Any]], items: Sequence[Item]) -> int:
     """Upsert image rows (merge on id) and their captions; returns the captions written."""
     if not rows:
         return 0
-    store.upsert(IMAGES, rows_to_table(rows, schema))
-    return _write_captions(store, encoder, [item for item in items if item.captions])
+    target.store.upsert(IMAGES, rows_to_table(rows, target.schema))
+    return _write_captions(target, [item for item in items if item.captions])
 
 
-def _write_captions(store: Store, encoder: Encoder, items: Sequence[Item]) -> int:
+def _write_captions(target: _Target, items: Sequence[Item]) -> int:
     """Embed every caption of these images into the captions table (replacing old ones)."""
     if not items:
         return 0
-    ids = [item.id for item in items]
-    store.delete(CAPTIONS, sql_in("image_id", ids))
+    target.store.delete(CAPTIONS, sql_in("image_id", [item.id for item in items]))
     texts = [(item.id, index, text) for item in items for index, text in enumerate(item.captions)]
     if not texts:
         return 0
-    vectors = encoder.encode_texts([text for _, _, text in texts])
+    vectors = target.load_encoder().encode_texts([text for _, _, text in texts])
     rows = [{"image_id": i, "caption_index": n, "caption": t, "vector": v} for (i, n, t), v in zip(texts, vectors)]
-    store.add(CAPTIONS, rows_to_table(rows, captions_schema(encoder.dim)))
+    target.store.add(CAPTIONS, rows_to_table(rows, captions_schema(target.dim)))
     return len(rows)

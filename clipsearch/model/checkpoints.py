@@ -1,18 +1,24 @@
-"""Model weights on disk: read a checkpoint without running code; write one as safetensors."""
+"""Model weights on disk: read a checkpoint without running code; write one as safetensors.
+
+torch is imported when weights are read or written, not with this module (see encoder.py).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ClipsearchError
 from ..files import atomic_write_path
 
+if TYPE_CHECKING:  # annotations only
+    import torch
+
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint without executing code (safetensors, or torch with weights_only)."""
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -3,17 +3,21 @@
 Embeddings are always L2-normalised float32 numpy arrays. Random weights
 (`--pretrained none`) come from a fixed seed, so an index built with them can be
 queried from another process.
+
+torch and open_clip (seconds of start-up) are imported when a model is built or used,
+not with this module: opening an index, listing indexes or re-indexing an unchanged
+folder import this module but never build a model.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..errors import ClipsearchError
@@ -21,8 +25,10 @@ from ..files import file_digest
 from .checkpoints import load_state_dict
 from .spec import RANDOM_INIT_SEED, ModelSpec, load_open_clip
 
+if TYPE_CHECKING:  # annotations only; the calls import torch where they run
+    import torch
+
 log = logging.getLogger(__name__)
-open_clip = load_open_clip()
 
 
 def _offline_hint(spec: ModelSpec, err: Exception) -> ClipsearchError:
@@ -35,6 +41,9 @@ def _offline_hint(spec: ModelSpec, err: Exception) -> ClipsearchError:
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Callable, Callable]:
     """Create the open_clip model for a spec: (model, train_transform, eval_transform)."""
+    import torch
+
+    open_clip = load_open_clip()
     if spec.is_random or spec.is_checkpoint:
         # Random init is seeded so two processes build identical weights; the
         # global RNG is left untouched.
@@ -54,7 +63,9 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[to
                     f"{len(missing)} missing and {len(unexpected)} unexpected weights"
                 )
         else:
-            warnings.warn(f"{spec.arch} uses random weights (--pretrained none): results are not meaningful", stacklevel=2)
+            warnings.warn(
+                f"{spec.arch} uses random weights (--pretrained none): results are not meaningful", stacklevel=2
+            )
     else:
         try:
             open_clip.download_pretrained(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained))
@@ -66,26 +77,38 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[to
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Encoder:
     """Turns images and texts into L2-normalised float32 vectors."""
 
-    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None, batch_size: int = 64,
-                 built: tuple[torch.nn.Module, Callable | None, Callable] | None = None):
-        """`built` = (model, train transform, eval transform) already in memory, e.g. the model
-        being trained, so validation embeds through exactly the code an index uses."""
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+        built: tuple[torch.nn.Module, Callable] | None = None,
+    ):
+        """`built` = (model, eval transform) already in memory, e.g. the model being trained,
+        so validation embeds through exactly the code an index uses."""
+        import torch
+
         self.spec = spec
         self.device = torch.device(device) if device else default_device()
         self.batch_size = batch_size
-        self.model, self.train_transform, self.preprocess = built or build_model(spec, self.device)
-        self.tokenizer = open_clip.get_tokenizer(spec.arch)
+        if built is None:
+            model, _train_transform, preprocess = build_model(spec, self.device)  # augmentation: training's
+            built = (model, preprocess)
+        self.model, self.preprocess = built
+        self.tokenizer = load_open_clip().get_tokenizer(spec.arch)
         with torch.inference_mode():  # the embedding width, whatever the tower types
             self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
 
     @classmethod
-    def load(cls, arch: str | None = None, pretrained: str | None = None, **kwargs: Any) -> "Encoder":
+    def load(cls, arch: str | None = None, pretrained: str | None = None, **kwargs: Any) -> Encoder:
         return cls(ModelSpec.resolve(arch, pretrained), **kwargs)
 
     @property
@@ -99,26 +122,32 @@ class Encoder:
         cfg.setdefault("size", self.image_size)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
-    @torch.inference_mode()
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode an already preprocessed batch (N, 3, H, W)."""
+        import torch
+
         out = []
-        for start in range(0, len(pixels), self.batch_size):
-            chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
-            out.append(self.model.encode_image(chunk, normalize=True).float().cpu())
+        with torch.inference_mode():
+            for start in range(0, len(pixels), self.batch_size):
+                chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
+                out.append(self.model.encode_image(chunk, normalize=True).float().cpu())
         return _as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
         if not images:
             return np.zeros((0, self.dim), np.float32)
         return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
-            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+                out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
         if not out:
             return np.zeros((0, self.dim), np.float32)
         return _as_unit_float32(torch.cat(out))

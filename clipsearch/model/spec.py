@@ -37,6 +37,20 @@ def shipped_architectures() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
+def architecture_image_size(arch: str) -> int:
+    """The side in pixels of the images an open_clip architecture takes, from its config (no model is built)."""
+    config = load_open_clip().get_model_config(arch)
+    if config is None:
+        raise ClipsearchError(f"unknown architecture {arch!r}")
+    size = config["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def _published_tags(arch: str) -> list[str]:
+    # The shipped architectures have none: naming one (`--model tiny`) then needs no open_clip.
+    return [] if arch in shipped_architectures() else list(load_open_clip().list_pretrained_tags_by_model(arch))
+
+
 def _looks_like_path(pretrained: str) -> bool:
     return pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
 
@@ -50,17 +64,16 @@ class ModelSpec:
     checkpoint_sha256: str | None = None  # set for checkpoint files
 
     @classmethod
-    def resolve(cls, arch: str | None, pretrained: str | None) -> "ModelSpec":
+    def resolve(cls, arch: str | None, pretrained: str | None) -> ModelSpec:
         """Validate names and pin a checkpoint file by its content hash."""
         arch = arch or DEFAULT_ARCH
-        open_clip = load_open_clip()
-        if arch not in open_clip.list_models():
+        if arch not in shipped_architectures() and arch not in load_open_clip().list_models():
             raise ClipsearchError(
                 f"unknown model '{arch}': choose an open_clip architecture "
                 f"(e.g. ViT-B-32, RN50) or a shipped one ({', '.join(shipped_architectures())})"
             )
         if pretrained is None:  # the default weights, else the first published tag
-            tags = open_clip.list_pretrained_tags_by_model(arch)
+            tags = _published_tags(arch)
             pretrained = DEFAULT_PRETRAINED if arch == DEFAULT_ARCH else (tags[0] if tags else RANDOM_INIT)
         if pretrained == RANDOM_INIT:
             return cls(arch, RANDOM_INIT)
@@ -69,7 +82,7 @@ class ModelSpec:
             if not path.is_file():
                 raise ClipsearchError(f"checkpoint not found: {pretrained}")
             return cls(arch, str(path), file_digest(path, "sha256"))
-        tags = open_clip.list_pretrained_tags_by_model(arch)
+        tags = _published_tags(arch)
         if pretrained not in tags:
             choices = ", ".join(tags) if tags else "none published; pass a checkpoint path or 'none'"
             raise ClipsearchError(f"unknown pretrained tag '{pretrained}' for {arch} (choices: {choices})")
@@ -95,5 +108,5 @@ class ModelSpec:
         return {"arch": self.arch, "pretrained": self.pretrained, "checkpoint_sha256": self.checkpoint_sha256}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(data["arch"], data["pretrained"], data.get("checkpoint_sha256"))

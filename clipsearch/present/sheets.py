@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
 
-import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
-from rich.markup import escape
-from rich.table import Table
 
 from ..files import atomic_write
 
@@ -63,13 +55,18 @@ def contact_sheet(
 
     sheet = Image.new(
         "RGB",
-        (columns * thumb + (columns + 1) * SHEET_MARGIN, title_height + rows * (cell_height + SHEET_MARGIN) + SHEET_MARGIN),
+        (
+            columns * thumb + (columns + 1) * SHEET_MARGIN,
+            title_height + rows * (cell_height + SHEET_MARGIN) + SHEET_MARGIN,
+        ),
         SHEET_BACKGROUND,
     )
     draw = ImageDraw.Draw(sheet)
     if title:
         sheet_width = sheet.width - 2 * SHEET_MARGIN
-        draw.text((SHEET_MARGIN, SHEET_MARGIN), _fit_text(title, title_font, sheet_width), font=title_font, fill=TEXT_COLOR)
+        draw.text(
+            (SHEET_MARGIN, SHEET_MARGIN), _fit_text(title, title_font, sheet_width), font=title_font, fill=TEXT_COLOR
+        )
     for i, (image, caption) in enumerate(zip(images, captions)):
         x = SHEET_MARGIN + (i % columns) * (thumb + SHEET_MARGIN)
         y = title_height + SHEET_MARGIN + (i // columns) * (cell_height + SHEET_MARGIN)

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont
 from rich.markup import escape
 from rich.table import Table
-
-from ..files import atomic_write
 
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+def topk_label(report: Mapping[str, Any]) -> str:
+    """The row name of a report's "top5" value: top-min(5, classes), as ``top5_k`` records."""
+    return f"top-{report.get('top5_k', 5)}"
 
 
 def classification_table(report: Mapping[str, Any], title: str) -> Table:
@@ -33,7 +28,7 @@ def classification_table(report: Mapping[str, Any], title: str) -> Table:
         last = i == len(report["per_class"]) - 1
         table.add_row(escape(str(entry["name"])), str(entry["n"]), _percent(entry["accuracy"]), end_section=last)
     table.add_row("[bold]top-1[/bold]", str(report["n"]), f"[bold]{_percent(report['top1'])}[/bold]")
-    table.add_row(f"top-{report.get('top5_k', 5)}", "", _percent(report["top5"]))
+    table.add_row(topk_label(report), "", _percent(report["top5"]))
     table.add_row("mean per-class recall", "", _percent(report["mean_per_class_recall"]))
     return table
 
@@ -41,12 +36,15 @@ def classification_table(report: Mapping[str, Any], title: str) -> Table:
 def comparison_table(rows: Mapping[str, Mapping[str, Any]], class_names: Sequence[str]) -> Table:
     """Several methods side by side: one column per method, overall rows then one row per class.
 
-    ``rows`` maps a method name to its ``metrics.classification_report`` dict.
-    Values are percentages; the best in each row is bold.
+    ``rows`` maps a method name to its ``metrics.classification_report`` dict, all over the
+    same classes (so the same top-k). Values are percentages; the best in each row is bold.
     """
     if not rows:
         raise ValueError("no methods to compare")
     methods = list(rows)
+    topk_labels = {topk_label(report) for report in rows.values()}
+    if len(topk_labels) > 1:
+        raise ValueError(f"methods scored with different top-k ({', '.join(sorted(topk_labels))}) cannot share a row")
     table = Table(title="comparison")
     table.add_column("")
     for method in methods:
@@ -55,11 +53,14 @@ def comparison_table(rows: Mapping[str, Mapping[str, Any]], class_names: Sequenc
     def add(label: str, values: list[float | None], end_section: bool = False) -> None:
         known = [value for value in values if value is not None]
         best = max(known) if known else None
-        cells = [f"[bold]{_percent(v)}[/bold]" if v is not None and v == best and len(known) > 1 else _percent(v) for v in values]
+        cells = [
+            f"[bold]{_percent(v)}[/bold]" if v is not None and v == best and len(known) > 1 else _percent(v)
+            for v in values
+        ]
         table.add_row(escape(label), *cells, end_section=end_section)
 
     add("top-1", [rows[m]["top1"] for m in methods])
-    add("top-5", [rows[m]["top5"] for m in methods])
+    add(topk_labels.pop(), [rows[m]["top5"] for m in methods])
     add("mean per-class recall", [rows[m]["mean_per_class_recall"] for m in methods], end_section=True)
     accuracy_by_class = {m: {entry["name"]: entry["accuracy"] for entry in rows[m]["per_class"]} for m in methods}
     for name in class_names:

@@ -1,11 +1,11 @@
-"""Attach captions, labels and splits from a folder's sidecar file to scanned Items."""
+"""Attach captions, labels and splits from a folder's caption file to scanned Items."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .captions import find_sidecar, read_flickr8k_tokens, read_karpathy, read_sidecar
+from .captions import CaptionEntry, Entries, find_sidecar, read_caption_file
 from .items import Item
 
 
@@ -14,19 +14,27 @@ def annotate_folder_items(root: Path, items: Sequence[Item], sidecar: Path | Non
     sidecar = sidecar or find_sidecar(root)
     if sidecar is None:
         return []
-    if sidecar.suffix.lower() == ".json":  # Karpathy split JSON
-        listed, problems = read_karpathy(sidecar)
-        entries = {entry.file: entry for entry in listed}
-    else:
-        reader = read_flickr8k_tokens if sidecar.name.lower().endswith(".token.txt") else read_sidecar
-        entries, problems = reader(sidecar)
-    base = sidecar.parent.resolve()
-    for item in items:
-        relative = Path(item.uri).resolve().relative_to(base).as_posix() if Path(item.uri).resolve().is_relative_to(base) else item.id
-        entry = entries.get(relative) or entries.get(Path(relative).name)
-        if entry is None:
-            continue
+    entries, problems = read_caption_file(sidecar)
+    for item, entry in matched_entries(sidecar.parent, items, entries):
         item.captions = list(entry.captions)
         item.label_name = entry.label
         item.split = entry.split
     return problems
+
+
+def matched_entries(base: Path, items: Sequence[Item], entries: Entries) -> list[tuple[Item, CaptionEntry]]:
+    """Each item that has a caption entry, with it, in item order.
+
+    An item matches by its path relative to `base` (the caption file's folder;
+    its id when it lies outside), else by its bare file name, so a caption file
+    may name the images of its folder's subfolders without their folder.
+    """
+    base = base.resolve()
+    matched = []
+    for item in items:
+        path = Path(item.uri).resolve()
+        relative = path.relative_to(base).as_posix() if path.is_relative_to(base) else item.id
+        entry = entries.get(relative) or entries.get(Path(relative).name)
+        if entry is not None:
+            matched.append((item, entry))
+    return matched

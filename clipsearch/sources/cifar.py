@@ -14,7 +14,6 @@ with test the official 10,000.
 from __future__ import annotations
 
 import functools
-import hashlib
 import pickle
 import re
 import shutil
@@ -28,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ClipsearchError
+from ..files import bytes_digest
 from .download import data_root, fetch
-from .items import Item
+from .items import Item, class_display_name
 
 IMAGE_SIDE = 32
 IMAGE_BYTES = 3 * IMAGE_SIDE * IMAGE_SIDE
@@ -92,10 +92,6 @@ def variant(name: str) -> CifarVariant:
         raise ClipsearchError(f"unknown CIFAR dataset {name!r}: use one of {', '.join(VARIANTS)}") from None
 
 
-def default_data_dir() -> Path:
-    return data_root()
-
-
 # --------------------------------------------------------------------- locating
 
 
@@ -103,14 +99,12 @@ def locate_cifar(name: str, data_dir: Path | None, download: bool = True) -> Pat
     """Return the extracted batches folder (e.g. .../cifar-10-batches-py).
 
     `data_dir` may be the .tar.gz archive, the folder holding the archive or the
-    extracted folder, or the extracted folder itself; None means
-    ~/.cache/clipsearch. A found archive is extracted next to itself; with
+    extracted folder, or the extracted folder itself; None means the data root
+    ($CLIPSEARCH_DATA, else ~/.cache/clipsearch/data). A found archive is extracted next to itself; with
     nothing found the official archive is downloaded into the folder.
     """
     spec = variant(name)
-    if data_dir is None:
-        data_dir = default_data_dir()
-    data_dir = Path(data_dir).expanduser()
+    data_dir = data_root() if data_dir is None else Path(data_dir).expanduser()
 
     if data_dir.is_file():
         return _extract(spec, data_dir)
@@ -260,7 +254,9 @@ def _label_names(spec: CifarVariant, folder: Path) -> tuple[str, ...]:
     try:
         return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec.label_names_key])
     except KeyError:
-        raise ClipsearchError(f"{meta_path} has no {spec.label_names_key.decode()}: not a {spec.title} meta file") from None
+        raise ClipsearchError(
+            f"{meta_path} has no {spec.label_names_key.decode()}: not a {spec.title} meta file"
+        ) from None
 
 
 def _val_mask(n_train: int) -> np.ndarray:
@@ -286,7 +282,7 @@ class CifarDataset:
     @property
     def classnames(self) -> list[str]:
         """Names for prompts: underscores become spaces ("lawn_mower" -> "lawn mower")."""
-        return [name.replace("_", " ") for name in self.label_names]
+        return [class_display_name(name) for name in self.label_names]
 
     def split_indices(self, split: str) -> tuple[str, np.ndarray]:
         """(official set, indices into it in official order) for train | val | test."""
@@ -299,7 +295,9 @@ class CifarDataset:
 
     def official_set(self, official_set: str) -> tuple[np.ndarray, np.ndarray]:
         """(images N×3072, labels) of the official "train" or "test" set."""
-        return (self.test_images, self.test_labels) if official_set == "test" else (self.train_images, self.train_labels)
+        return (
+            (self.test_images, self.test_labels) if official_set == "test" else (self.train_images, self.train_labels)
+        )
 
     def labels(self, split: str) -> np.ndarray:
         official_set, indices = self.split_indices(split)
@@ -350,8 +348,8 @@ def cifar_items(ds: CifarDataset, split: str) -> list[Item]:
                     split=split_name,
                     label=label,
                     label_name=ds.label_names[label],
-                    # 128-bit blake2b, the same digest the indexer uses for files
-                    content_hash=hashlib.blake2b(images[index].tobytes(), digest_size=16).hexdigest(),
+                    # the digest the indexer gives a file holding these bytes
+                    content_hash=bytes_digest(images[index].tobytes()),
                     size=IMAGE_BYTES,
                     mtime=0.0,
                 )

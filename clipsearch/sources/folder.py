@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ClipsearchError
 from .images import is_image_file

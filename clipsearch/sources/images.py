@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .cifar import is_cifar_uri, open_cifar_uri
+
 try:  # HEIC/HEIF photos from phones, when the optional plugin is installed
     import pillow_heif
 
@@ -19,7 +21,7 @@ try:  # HEIC/HEIF photos from phones, when the optional plugin is installed
 except ImportError:
     HEIF_SUFFIXES = ()
 
-IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff") + HEIF_SUFFIXES)
+IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", *HEIF_SUFFIXES))
 # Refuse decompression bombs ourselves (header only) instead of relying on
 # Pillow's warning; 100 MP admits every camera on the market.
 MAX_PIXELS = 100_000_000
@@ -52,7 +54,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         mode = image.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _ALPHA_BACKGROUND + (255,))
+        background = Image.new("RGBA", rgba.size, (*_ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if mode == "RGB" else image.convert("RGB")
 
@@ -96,11 +98,9 @@ def decode_image(source: str | Path | bytes, min_size: int | None = None, max_pi
 
 
 def open_uri(uri: str, min_size: int | None = None) -> Image.Image:
-    """Pixels for a stored row's `uri`: a file path or a dataset reference."""
-    from . import cifar  # dataset URIs resolve through their source module
-
-    if cifar.is_cifar_uri(uri):
-        image = cifar.open_cifar_uri(uri)
+    """Pixels for a stored row's `uri`: a file path or a dataset reference (resolved by its source module)."""
+    if is_cifar_uri(uri):
+        image = open_cifar_uri(uri)
         image.info["original_size"] = image.size
         return image
     return decode_image(uri, min_size=min_size)

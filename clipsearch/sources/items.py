@@ -23,3 +23,9 @@ class Item:
     def metadata(self) -> tuple:
         """What can change without the pixels changing (e.g. an edited captions file)."""
         return (self.split, self.label, self.label_name, tuple(self.captions))
+
+
+def class_display_name(raw: str) -> str:
+    """The class name prompts and reports use for a stored label: underscores read as spaces,
+    so CIFAR-100's raw "lawn_mower" is the class "lawn mower"."""
+    return raw.replace("_", " ").strip()

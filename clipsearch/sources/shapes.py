@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import ClipsearchError
+from ..files import read_json, write_json
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
@@ -51,9 +53,15 @@ SECOND_OBJECT_PROBABILITY = 0.2
 
 # 3x3 grid, row-major: index i sits at row i // 3, column i % 3.
 POSITIONS: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )
 POSITION_PHRASES: dict[str, tuple[str, ...]] = {
     "top left": ("in the top left", "in the top left corner", "at the upper left"),
@@ -76,7 +84,11 @@ _TEXTURE_AMPLITUDE = 12  # grey levels; faint enough never to hide an object
 # Each holdout colour and shape is used once, so every colour and every shape
 # is still seen in train, just not in these combinations.
 DEFAULT_HOLDOUT: tuple[str, ...] = (
-    "red star", "green cross", "blue triangle", "yellow square", "purple circle",
+    "red star",
+    "green cross",
+    "blue triangle",
+    "yellow square",
+    "purple circle",
 )
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -165,24 +177,9 @@ def generate_shapes(
     rng = np.random.default_rng(seed)
     seen = [name for name in class_names() if name not in held_out]
     split_labels = {
-        split: _balanced_labels(seen if split == "train" else class_names(), counts[split], rng)
-        for split in SPLITS
+        split: _balanced_labels(seen if split == "train" else class_names(), counts[split], rng) for split in SPLITS
     }
-    second_candidates = seen  # held-out pairs never appear anywhere in train images
-    width = max(5, len(str(n - 1)))
-    class_counts: dict[str, dict[str, int]] = {}
-    with open(out_dir / CAPTIONS_FILE, "w", encoding="utf-8") as captions_out:
-        for split in SPLITS:
-            (out_dir / split).mkdir()
-            class_counts[split] = {name: 0 for name in class_names()}
-            for index, label in enumerate(split_labels[split]):
-                scene = _random_scene(label, second_candidates, rng)
-                file = f"{split}/{index:0{width}d}.png"
-                _render(scene, size, rng).save(out_dir / file, format="PNG")
-                record = {"file": file, "captions": _captions(scene, rng), "label": label, "split": split}
-                captions_out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                class_counts[split][label] += 1
-
+    class_counts = _write_images(out_dir, split_labels, seen, size, max(5, len(str(n - 1))), rng)
     meta = {
         "name": "shapes",
         **request,
@@ -194,8 +191,38 @@ def generate_shapes(
         "class_counts": class_counts,
         "captions_file": CAPTIONS_FILE,
     }
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / META_FILE, meta)
     return meta
+
+
+def _write_images(
+    out_dir: Path, split_labels: dict[str, list[str]], seen: list[str], size: int, width: int, rng: np.random.Generator
+) -> dict[str, dict[str, int]]:
+    """Render every split's images (`<split>/<index, width digits>.png`) and write captions.jsonl;
+    returns the images per class of each split. Second objects come from the `seen` classes only,
+    so held-out pairs never appear anywhere in train images."""
+    class_counts: dict[str, dict[str, int]] = {}
+    with open(out_dir / CAPTIONS_FILE, "w", encoding="utf-8") as captions_out:
+        for split in SPLITS:
+            (out_dir / split).mkdir()
+            class_counts[split] = {name: 0 for name in class_names()}
+            for index, label in enumerate(split_labels[split]):
+                scene = _random_scene(label, seen, rng)
+                file = f"{split}/{index:0{width}d}.png"
+                _render(scene, size, rng).save(out_dir / file, format="PNG")
+                record = {"file": file, "captions": _captions(scene, rng), "label": label, "split": split}
+                captions_out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                class_counts[split][label] += 1
+    return class_counts
+
+
+def shapes_meta(folder: Path) -> dict[str, Any] | None:
+    """The meta.json of a generated shapes dataset in `folder`; None when `folder` holds none."""
+    try:
+        meta = read_json(Path(folder) / META_FILE)
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 (a ValueError too) or not JSON
+        return None
+    return meta if isinstance(meta, dict) and meta.get("name") == "shapes" else None
 
 
 def _checked_holdout(holdout: Sequence[str]) -> list[str]:
@@ -232,11 +259,8 @@ def _finished_dataset(out_dir: Path, request: dict) -> dict | None:
         raise ClipsearchError(f"{out_dir} is a file; give a folder for the shapes dataset")
     if not any(out_dir.iterdir()):
         return None
-    try:
-        meta = json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        meta = {}
-    if isinstance(meta, dict) and meta.get("name") == "shapes" and all(meta.get(k) == v for k, v in request.items()):
+    meta = shapes_meta(out_dir)
+    if meta is not None and all(meta.get(k) == v for k, v in request.items()):
         return meta
     raise ClipsearchError(
         f"{out_dir} is not empty and holds no shapes dataset made with these settings; "
@@ -274,9 +298,7 @@ def _far_cells(cell: int) -> list[int]:
     return far or [0, 2, 6, 8]
 
 
-def _placed_object(
-    colour: str, shape: str, size: str, diameter: float, cell: int, rng: np.random.Generator
-) -> _Object:
+def _placed_object(colour: str, shape: str, size: str, diameter: float, cell: int, rng: np.random.Generator) -> _Object:
     row, col = divmod(cell, 3)
     cell_centre = np.array([(col + 0.5) / 3, (row + 0.5) / 3])
     margin = diameter / 2 + 0.02  # keeps the whole object inside the image
@@ -308,9 +330,18 @@ def _outline(obj: _Object, side: int) -> list[tuple[float, float]]:
     if obj.shape == "cross":
         arm = 0.32 * r
         return [
-            (cx - arm, cy - r), (cx + arm, cy - r), (cx + arm, cy - arm), (cx + r, cy - arm),
-            (cx + r, cy + arm), (cx + arm, cy + arm), (cx + arm, cy + r), (cx - arm, cy + r),
-            (cx - arm, cy + arm), (cx - r, cy + arm), (cx - r, cy - arm), (cx - arm, cy - arm),
+            (cx - arm, cy - r),
+            (cx + arm, cy - r),
+            (cx + arm, cy - arm),
+            (cx + r, cy - arm),
+            (cx + r, cy + arm),
+            (cx + arm, cy + arm),
+            (cx + arm, cy + r),
+            (cx - arm, cy + r),
+            (cx - arm, cy + arm),
+            (cx - r, cy + arm),
+            (cx - r, cy - arm),
+            (cx - arm, cy - arm),
         ]
     raise ValueError(f"unknown shape {obj.shape!r}")
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
-from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image, ImageFilter
 
 from ..errors import ClipsearchError
@@ -65,6 +64,8 @@ def _contrast(image: Image.Image, severity: int, rng: np.random.Generator) -> Im
 
 
 def _brightness(image: Image.Image, severity: int, rng: np.random.Generator) -> Image.Image:
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv  # CIFAR-10-C's HSV conversion; matplotlib only when used
+
     hsv = rgb_to_hsv(_unit(image))
     hsv[..., 2] = np.clip(hsv[..., 2] + BRIGHTNESS_SHIFT[severity - 1], 0.0, 1.0)
     return _image(hsv_to_rgb(hsv))
@@ -112,7 +113,9 @@ def parse_corruption(spec: str) -> Corruption:
     """`NAME:SEVERITY` (severity 1-5) to a Corruption; a one-line error otherwise."""
     name, _, severity = spec.strip().partition(":")
     if name not in CORRUPTIONS:
-        raise ClipsearchError(f"unknown corruption {name!r} in {spec!r}: use NAME:SEVERITY with NAME one of {', '.join(CORRUPTIONS)}")
+        raise ClipsearchError(
+            f"unknown corruption {name!r} in {spec!r}: use NAME:SEVERITY with NAME one of {', '.join(CORRUPTIONS)}"
+        )
     if not severity.strip().isdigit() or int(severity) not in SEVERITIES:
         raise ClipsearchError(f"corruption {spec!r} needs a severity from 1 to 5, e.g. {name}:3")
     return Corruption(name, int(severity))

@@ -97,7 +97,7 @@ def classification_report(scores: np.ndarray, labels: np.ndarray, class_names: S
         "top5": _hit_rate(ranked, labels),
         "top5_k": k5,
         "mean_per_class_recall": _json_float(mean_per_class_recall(confusion)),
-        "n": int(len(labels)),
+        "n": len(labels),
         "per_class": [
             {"name": str(name), "n": int(count), "accuracy": _json_float(recall)}
             for name, count, recall in zip(class_names, support, per_class_recall(confusion))
@@ -171,9 +171,7 @@ def _best_positive_ranks(scores: np.ndarray, indptr: np.ndarray, indices: np.nda
     positive_scores = scores[rows, indices]
     best_score = np.maximum.reduceat(positive_scores, segment_starts)
     # Among positives sharing the best score, the lowest gallery index comes first in a stable sort.
-    best_index = np.minimum.reduceat(
-        np.where(positive_scores == best_score[rows], indices, n_gallery), segment_starts
-    )
+    best_index = np.minimum.reduceat(np.where(positive_scores == best_score[rows], indices, n_gallery), segment_starts)
     strictly_above = (scores > best_score[:, None]).sum(axis=1)
     tied_before = ((scores == best_score[:, None]) & (np.arange(n_gallery) < best_index[:, None])).sum(axis=1)
     return 1 + strictly_above + tied_before

@@ -4,96 +4,67 @@ A label spec names the classes (a built-in set, a file with one label per line,
 or an inline "cat,dog,bird"); a template spec says how each class becomes
 sentences (a built-in template set, a file with one "{}" template per line, or
 a .json file mapping each class to its own sentences).
+
+The built-in sets are data, not code: clipsearch/data/labels/<name>.json and
+clipsearch/data/templates/<name>.json, each a JSON list of strings.
+
+- labels cifar10, cifar100: the official class names in label order, CIFAR-100's
+  underscores as spaces (as CLIP and CLIP_benchmark use);
+- templates cifar: the 18 CIFAR-10/100 templates of the CLIP paper (openai/CLIP, data/prompts.md);
+  imagenet: the 80 OpenAI ImageNet templates (open_clip.zero_shot_metadata);
+  simple: "a photo of a {}."; shapes: worded like the generated shapes captions,
+  which is what a model trained on them knows.
+
+The shapes label set is generated (sources.shapes.class_names), not stored.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ClipsearchError
+from ..sources.shapes import class_names as shapes_class_names
 
-# The 18 CIFAR-10/100 templates of the CLIP paper (openai/CLIP, data/prompts.md).
-CIFAR_TEMPLATES = (
-    "a photo of a {}.",
-    "a blurry photo of a {}.",
-    "a black and white photo of a {}.",
-    "a low contrast photo of a {}.",
-    "a high contrast photo of a {}.",
-    "a bad photo of a {}.",
-    "a good photo of a {}.",
-    "a photo of a small {}.",
-    "a photo of a big {}.",
-    "a photo of the {}.",
-    "a blurry photo of the {}.",
-    "a black and white photo of the {}.",
-    "a low contrast photo of the {}.",
-    "a high contrast photo of the {}.",
-    "a bad photo of the {}.",
-    "a good photo of the {}.",
-    "a photo of the small {}.",
-    "a photo of the big {}.",
-)
-SIMPLE_TEMPLATES = ("a photo of a {}.",)
-# Worded like the generated shapes captions, which is what a model trained on them knows.
-SHAPES_TEMPLATES = ("a {}.", "a picture of a {}.", "a {} on a plain background.")
-
-CIFAR10_CLASSNAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# Fine label names in official order, underscores as spaces (as CLIP and CLIP_benchmark use).
-CIFAR100_CLASSNAMES = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
-    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
-    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
-    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
-    "lamp", "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck", "pine tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
-    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
-    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman", "worm",
-)  # fmt: skip
-
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 PLACEHOLDER = "{}"
-
-
-def _imagenet_templates() -> list[str]:
-    # Imported on demand: open_clip pulls in torch, which label/prompt parsing never needs.
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return [template(PLACEHOLDER) for template in OPENAI_IMAGENET_TEMPLATES]
-
-
-def _shapes_class_names() -> list[str]:
-    from ..sources.shapes import class_names
-
-    return list(class_names())
-
-
-TEMPLATE_SETS: dict[str, Callable[[], list[str]]] = {
-    "cifar": lambda: list(CIFAR_TEMPLATES),
-    "imagenet": _imagenet_templates,
-    "simple": lambda: list(SIMPLE_TEMPLATES),
-    "shapes": lambda: list(SHAPES_TEMPLATES),
-}
+LABEL_SETS = ("cifar10", "cifar100", "shapes")
+TEMPLATE_SETS = ("cifar", "imagenet", "simple", "shapes")
 # The template set each built-in label set is evaluated with by default.
 DEFAULT_TEMPLATES = {"cifar10": "cifar", "cifar100": "cifar", "shapes": "shapes"}
+
+
+@functools.cache
+def _data_list(kind: str, name: str) -> tuple[str, ...]:
+    """A shipped JSON list of strings, clipsearch/data/<kind>/<name>.json."""
+    path = DATA_DIR / kind / f"{name}.json"
+    values = json.loads(path.read_text(encoding="utf-8"))
+    if not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)):
+        raise ValueError(f"{path} must hold a non-empty JSON list of strings")
+    return tuple(values)
+
+
+def label_set(name: str) -> list[str]:
+    """The class names of a built-in label set (one of LABEL_SETS)."""
+    if name == "shapes":
+        return list(shapes_class_names())
+    return list(_data_list("labels", name))
+
+
+def template_set(name: str) -> list[str]:
+    """The templates of a built-in template set (one of TEMPLATE_SETS), each with one "{}"."""
+    return list(_data_list("templates", name))
 
 
 def default_templates(label_spec: str) -> str:
     return DEFAULT_TEMPLATES.get(label_spec, "simple")
 
-LABEL_SETS: dict[str, Callable[[], list[str]]] = {
-    "cifar10": lambda: list(CIFAR10_CLASSNAMES),
-    "cifar100": lambda: list(CIFAR100_CLASSNAMES),
-    "shapes": _shapes_class_names,
-}
-
 
 def resolve_labels(spec: str) -> list[str]:
     """Class names from a label set name, a file (one label per line) or "cat,dog,bird"."""
     if spec in LABEL_SETS:
-        return LABEL_SETS[spec]()
+        return label_set(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return _unique_labels(_read_lines(path), str(path))
@@ -112,7 +83,7 @@ def resolve_templates(spec: str, labels: list[str]) -> list[list[str]]:
     "{}"), or a .json file mapping each class to a list of full sentences.
     """
     if spec in TEMPLATE_SETS:
-        return _fill(TEMPLATE_SETS[spec](), labels)
+        return _fill(template_set(spec), labels)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".json":
@@ -168,7 +139,9 @@ def _per_class_prompts(path: Path, labels: list[str]) -> list[list[str]]:
     for label in labels:
         sentences = prompts.get(label)
         if sentences is None:
-            raise ClipsearchError(f"{path} has no prompts for class {label!r}: add it as a key with a list of sentences")
+            raise ClipsearchError(
+                f"{path} has no prompts for class {label!r}: add it as a key with a list of sentences"
+            )
         if not (isinstance(sentences, list) and sentences and all(isinstance(s, str) and s.strip() for s in sentences)):
             raise ClipsearchError(f"{path}: class {label!r} needs a non-empty list of sentences")
         sentences_per_label.append(sentences)

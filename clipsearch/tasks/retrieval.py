@@ -7,32 +7,26 @@ need every query's full rank, which a top-k FAISS search cannot give, and a
 blockwise score matrix keeps memory bounded (1,024 query rows at a time).
 
 The trainer's validation calls `report_from_vectors` with the vectors it
-computes itself, so both give the same numbers for the same vectors.
+computes itself, so both give the same numbers for the same vectors. The report
+is returned, not written: `outputs.write_retrieval` writes its files.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import ClipsearchError
+from ..index.index import Index
+from ..index.store import vectors_of
 from .metrics import retrieval_report
-from ..present.plots import plot_recall_curves
-from ..files import write_json
-from ..index.store import CAPTIONS, sql_in, vectors_of
-
-if TYPE_CHECKING:
-    from ..index.index import Index
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 CURVE_MAX_K = 50
-RESULTS_FILE = "results.json"
-CURVE_FILE = "recall_at_k.png"
-_IDS_PER_QUERY = 2000  # image ids per SQL IN (...) clause when reading captions
 # Score-matrix cells held at once: query rows per block shrink as the gallery grows (128 MiB of float32),
 # so memory stays bounded for COCO's 600k captions too, not only for 25k.
 _BLOCK_CELLS = 32 * 2**20
@@ -48,29 +42,25 @@ class RetrievalSet:
     caption_vectors: np.ndarray  # (n_captions, dim), unit rows
 
 
-def load_retrieval_set(index: "Index", split: str = "test") -> RetrievalSet:
-    """The live images of `split` and the captions of exactly those images, in table order."""
+def load_retrieval_set(index: Index, split: str = "test") -> RetrievalSet:
+    """The live images of `split` (in table order) and the captions of exactly those images."""
     images = index.split_rows(split, ["id", "vector"])
     image_ids, image_vectors = images.column("id").to_pylist(), vectors_of(images)
-    caption_ids: list[str] = []
-    caption_vectors: list[np.ndarray] = []
-    for start in range(0, len(image_ids), _IDS_PER_QUERY):
-        # caption_index order inside an image; images in any order (report_from_vectors regroups them)
-        chunk = sql_in("image_id", image_ids[start : start + _IDS_PER_QUERY])
-        table = index.store.scan(CAPTIONS, ["image_id", "caption_index", "vector"], chunk)
-        table = table.sort_by([("image_id", "ascending"), ("caption_index", "ascending")])
-        caption_ids += table.column("image_id").to_pylist()
-        caption_vectors.append(vectors_of(table))
+    captions = index.captions_of(image_ids)
+    caption_ids = captions.column("image_id").to_pylist()
     if not caption_ids:
         raise ClipsearchError(
             f"index '{index.name}' has no captions for its {len(image_ids)} images in split {split!r}: "
             "index a caption dataset or a folder with a captions file (--captions)"
         )
-    return RetrievalSet(image_ids, image_vectors, caption_ids, np.concatenate(caption_vectors))
+    return RetrievalSet(image_ids, image_vectors, caption_ids, vectors_of(captions))
 
 
 def report_from_vectors(
-    image_ids: Sequence[str], image_vectors: np.ndarray, caption_image_ids: Sequence[str], caption_vectors: np.ndarray,
+    image_ids: Sequence[str],
+    image_vectors: np.ndarray,
+    caption_image_ids: Sequence[str],
+    caption_vectors: np.ndarray,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, Any]:
     """`metrics.retrieval_report` on images and captions given by id, in one canonical order:
@@ -88,35 +78,24 @@ def report_from_vectors(
     caption_order = np.argsort(caption_rows, kind="stable")
     block_size = int(np.clip(_BLOCK_CELLS // max(len(image_ids), len(caption_image_ids), 1), 16, 1024))
     return retrieval_report(
-        np.asarray(image_vectors, np.float32)[order], np.asarray(caption_vectors, np.float32)[caption_order],
-        caption_rows[caption_order], ks=ks, curve_max_k=CURVE_MAX_K, block_size=block_size,
+        np.asarray(image_vectors, np.float32)[order],
+        np.asarray(caption_vectors, np.float32)[caption_order],
+        caption_rows[caption_order],
+        ks=ks,
+        curve_max_k=CURVE_MAX_K,
+        block_size=block_size,
     )
 
 
-def write_retrieval_outputs(report: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
-    """`results.json` (the whole report) and the recall@k curve PNG (k = 1..50, both directions)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves = {name.replace("_", " "): curve for name, curve in report["curves"].items()}
-    return {
-        "results": write_json(out_dir / RESULTS_FILE, report),
-        "curve": plot_recall_curves(curves, out_dir / CURVE_FILE, title=title),
-    }
-
-
-def default_out_dir(index: "Index", split: str) -> Path:
-    return index.store.path / "eval" / f"retrieval-{split}"
-
-
-def evaluate_retrieval(
-    index: "Index", split: str = "test", ks: Sequence[int] = DEFAULT_KS, out_dir: Path | None = None,
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Recall@k both ways, mean/median rank for a split of the index; writes results.json and the curve PNG."""
+def evaluate_retrieval(index: Index, split: str = "test", ks: Sequence[int] = DEFAULT_KS) -> dict[str, Any]:
+    """Recall@k both ways, mean/median rank for a split of the index, with the recall@k curves
+    (k = 1..CURVE_MAX_K) and the run's settings (index, model, split, seconds)."""
     if not ks or min(ks) < 1:
         raise ClipsearchError(f"recall@k needs positive k values, got {list(ks)}")
     started = time.perf_counter()
     data = load_retrieval_set(index, split)
     report = report_from_vectors(data.image_ids, data.image_vectors, data.caption_image_ids, data.caption_vectors, ks)
-    report.update(index=index.name, model=index.spec.identity(), split=split, seconds=round(time.perf_counter() - started, 3))
-    out_dir = out_dir or default_out_dir(index, split)
-    files = write_retrieval_outputs(report, out_dir, title=f"{index.name} · {split} · {index.spec.identity()}")
-    return report, files
+    report.update(
+        index=index.name, model=index.spec.identity(), split=split, seconds=round(time.perf_counter() - started, 3)
+    )
+    return report

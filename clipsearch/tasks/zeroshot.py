@@ -5,34 +5,36 @@ re-normalised (the standard CLIP ensemble, as open_clip.build_zero_shot_classifi
 the prototypes form a small FAISS inner-product index that image vectors query,
 so an image's label is its nearest prototype and logits = 100 · image · prototypeᵀ.
 
-Every zero-shot number (classify, predict, eval zeroshot, the trainer's
-validation) goes through `PrototypeIndex`, so they agree for the same vectors.
+Every zero-shot number goes through `PrototypeIndex`, and every accuracy through
+`zero_shot_report` (metrics.classification_report on its cosines): `classify`,
+`predict`, `eval zeroshot` and the trainer's validation (`zero_shot_accuracy`)
+agree for the same vectors.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 from PIL import Image
 
-from ..model.encoder import Encoder
 from ..errors import ClipsearchError
-from .metrics import topk_accuracy, topk_predictions
-from .prompts import resolve_labels, resolve_templates
-from ..index.store import IMAGES
+from ..index.index import Index
+from ..model.interface import EncoderLike
+from ..sources.items import class_display_name
+from .metrics import classification_report, topk_accuracy, topk_predictions
+from .prompts import default_templates, resolve_labels, resolve_templates
 
 if TYPE_CHECKING:
-    from ..index.index import Index
+    import faiss
 
 LOGIT_SCALE = 100.0
-_LIVE = "deleted = false"
 
 
-def class_prototypes(encoder: Encoder, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+def class_prototypes(encoder: EncoderLike, prompts: Sequence[Sequence[str]]) -> np.ndarray:
     """(C, dim) unit prototypes from each class's prompt sentences."""
     flat = [sentence for sentences in prompts for sentence in sentences]
     embeddings = encoder.encode_texts(flat)  # each already unit length
@@ -44,12 +46,6 @@ def class_prototypes(encoder: Encoder, prompts: Sequence[Sequence[str]]) -> np.n
     return np.stack(prototypes).astype(np.float32)
 
 
-def prototypes_for(encoder: Encoder, labels: str, templates: str) -> tuple[list[str], np.ndarray]:
-    """Class names and prototypes for a label-set spec and a template spec."""
-    names = resolve_labels(labels)
-    return names, class_prototypes(encoder, resolve_templates(templates, names))
-
-
 class PrototypeIndex:
     """Class prototypes as an exact FAISS inner-product index (cosine, since all vectors are unit)."""
 
@@ -57,8 +53,7 @@ class PrototypeIndex:
         self.prototypes = np.ascontiguousarray(prototypes, dtype=np.float32)
         if self.prototypes.ndim != 2 or len(self.prototypes) == 0:
             raise ValueError(f"prototypes must be a non-empty (C, dim) array, got shape {self.prototypes.shape}")
-        self.index = faiss.IndexFlatIP(self.prototypes.shape[1])
-        self.index.add(self.prototypes)
+        self._index: faiss.Index | None = None  # built on the first search: cosines() needs none
 
     @property
     def n_classes(self) -> int:
@@ -69,7 +64,12 @@ class PrototypeIndex:
         queries = np.ascontiguousarray(image_vectors, dtype=np.float32)
         if len(queries) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return self.index.search(queries, k)
+        if self._index is None:
+            import faiss  # only when searched: importing this module must stay light
+
+            self._index = faiss.IndexFlatIP(self.prototypes.shape[1])
+            self._index.add(self.prototypes)
+        return self._index.search(queries, k)
 
     def cosines(self, image_vectors: np.ndarray) -> np.ndarray:
         """(n, C) cosine of every image with every prototype, in class order.
@@ -77,7 +77,8 @@ class PrototypeIndex:
         The same inner products the FAISS search ranks, as one matrix product: a
         k = C search would only add a heap sort of them (10x slower for 100k x 100).
         """
-        return np.ascontiguousarray(image_vectors, dtype=np.float32).reshape(-1, self.prototypes.shape[1]) @ self.prototypes.T
+        vectors = np.ascontiguousarray(image_vectors, dtype=np.float32).reshape(-1, self.prototypes.shape[1])
+        return vectors @ self.prototypes.T
 
 
 def zero_shot_logits(image_vectors: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
@@ -89,21 +90,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def _normalise_name(name: str) -> str:
-    return name.replace("_", " ").strip().lower()
+def _match_key(name: str) -> str:
+    return class_display_name(name).lower()
 
 
 def label_indices(label_names: Sequence[str | None], class_names: Sequence[str]) -> np.ndarray:
     """Class index of each stored label name in a label set (-1 when it is not in the set).
 
-    Names match case-insensitively with underscores as spaces, so CIFAR-100's raw
-    "lawn_mower" is the prompt class "lawn mower".
+    Names match case-insensitively with underscores as spaces (`class_display_name`),
+    so CIFAR-100's raw "lawn_mower" is the prompt class "lawn mower".
     """
-    lookup = {_normalise_name(name): i for i, name in enumerate(class_names)}
-    return np.array([lookup.get(_normalise_name(n), -1) if n else -1 for n in label_names], dtype=np.int64)
+    lookup = {_match_key(name): i for i, name in enumerate(class_names)}
+    return np.array([lookup.get(_match_key(n), -1) if n else -1 for n in label_names], dtype=np.int64)
 
 
-# -- seen / held-out accuracy (the shapes dataset's compositional split) --------------
+# -- accuracy: one computation for eval zeroshot and the trainer ----------------------
 
 
 def holdout_accuracy(scores: np.ndarray, truth: np.ndarray, class_names: Sequence[str], holdout: Sequence[str]) -> dict:
@@ -125,8 +126,27 @@ def holdout_accuracy(scores: np.ndarray, truth: np.ndarray, class_names: Sequenc
     return {"seen": part(~held), "held_out": {**part(held), "classes": list(holdout)}}
 
 
+def zero_shot_report(
+    image_vectors: np.ndarray,
+    truth: np.ndarray,
+    class_names: Sequence[str],
+    prototypes: np.ndarray,
+    holdout: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """metrics.classification_report of unit image vectors (n, dim) with true class indices
+    `truth` against class prototypes (C, dim), and with `holdout` the seen / held-out split."""
+    scores = PrototypeIndex(prototypes).cosines(image_vectors)
+    report = classification_report(scores, truth, class_names)
+    if holdout:
+        report.update(holdout_accuracy(scores, truth, class_names, holdout))
+    return report
+
+
 def zero_shot_accuracy(
-    image_vectors: np.ndarray, label_names: Sequence[str | None], class_names: Sequence[str], prototypes: np.ndarray,
+    image_vectors: np.ndarray,
+    label_names: Sequence[str | None],
+    class_names: Sequence[str],
+    prototypes: np.ndarray,
     holdout: Sequence[str] | None = None,
 ) -> dict:
     """Zero-shot top-1 of unit image vectors (n, dim) against class prototypes (C, dim, one
@@ -134,16 +154,17 @@ def zero_shot_accuracy(
     split of it: {"top1", "n", "excluded", "seen": {"top1", "n"}, "held_out": {"top1", "n", "classes"}}.
 
     Rows whose label is not a class of `class_names` are left out and counted in
-    "excluded". `eval zeroshot` and the trainer's validation both report this.
+    "excluded". The numbers are `zero_shot_report`'s, the function `eval zeroshot` reports.
     """
     truth = label_indices(label_names, class_names)
     keep = truth >= 0
     if not keep.any():
         raise ClipsearchError("no image has a label in the label set")
-    scores = PrototypeIndex(prototypes).cosines(np.asarray(image_vectors, np.float32)[keep])
-    result = {"top1": topk_accuracy(scores, truth[keep], 1), "n": int(keep.sum()), "excluded": int((~keep).sum())}
-    if holdout:
-        result.update(holdout_accuracy(scores, truth[keep], class_names, holdout))
+    report = zero_shot_report(
+        np.asarray(image_vectors, np.float32)[keep], truth[keep], class_names, prototypes, holdout
+    )
+    result = {"top1": report["top1"], "n": report["n"], "excluded": int((~keep).sum())}
+    result.update({part: report[part] for part in ("seen", "held_out") if part in report})
     return result
 
 
@@ -158,7 +179,11 @@ class Prediction:
 
 
 def predict_images(
-    encoder: Encoder, images: Sequence[Image.Image], class_names: Sequence[str], prototypes: np.ndarray, k: int = 5,
+    encoder: EncoderLike,
+    images: Sequence[Image.Image],
+    class_names: Sequence[str],
+    prototypes: np.ndarray,
+    k: int = 5,
 ) -> list[list[Prediction]]:
     """The k most probable classes of each image, best first."""
     if not 1 <= k <= len(class_names):
@@ -185,22 +210,21 @@ class ClassifyResult:
         return {"labelset": self.labelset, "n": self.n, "counts": self.counts, "seconds": round(self.seconds, 3)}
 
 
-def classify_index(
-    index: "Index", class_names: Sequence[str], prototypes: np.ndarray, labelset: str,
-    on_batch: Callable[[int], None] | None = None,
+def classify(
+    index: Index, labels: str, templates: str | None = None, on_batch: Callable[[int], None] | None = None
 ) -> ClassifyResult:
-    """Label every live image with its nearest prototype: writes zs_label, zs_score (the
-    cosine) and zs_labelset. Vectors are untouched, so the FAISS file stays valid."""
+    """Label every live image with its nearest class prototype: writes zs_label, zs_score (the
+    cosine) and zs_labelset (`labels`). `templates` defaults to the label set's usual ones;
+    `on_batch(n)` is called after each batch of n images. Vectors are untouched, so the FAISS
+    file stays valid."""
     started = time.perf_counter()
-    prototype_index = PrototypeIndex(prototypes)
+    class_names = resolve_labels(labels)
+    prompts = resolve_templates(templates or default_templates(labels), class_names)
+    prototype_index = PrototypeIndex(class_prototypes(index.encoder, prompts))
 
     def nearest(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         best_scores, best_classes = prototype_index.nearest(vectors, 1)
         return best_classes[:, 0], best_scores[:, 0]
 
-    counts = index.write_labels(nearest, class_names, "zs_label", "zs_score", {"zs_labelset": labelset}, on_batch)
-    return ClassifyResult(labelset, sum(counts.values()), counts, time.perf_counter() - started)
-
-
-def live_image_count(index: "Index") -> int:
-    return index.store.count(IMAGES, _LIVE)
+    counts = index.write_labels(nearest, class_names, "zs_label", "zs_score", {"zs_labelset": labels}, on_batch)
+    return ClassifyResult(labels, sum(counts.values()), counts, time.perf_counter() - started)

@@ -19,27 +19,22 @@ the classes never seen in training ("held-out", e.g. the shapes holdout pairs).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ClipsearchError
-from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
-from ..sources.captions import (
-    CAPTION_DATASETS,
-    CaptionEntry,
-    find_sidecar,
-    locate_caption_dataset,
-    read_flickr8k_splits,
-    read_sidecar,
-)
+from ..sources.annotations import matched_entries
+from ..sources.captions import CaptionEntry, check_known_files, find_sidecar, read_caption_file
+from ..sources.cifar import cifar_items, load_cifar
+from ..sources.datasets import CAPTION_DATASETS, locate_caption_dataset
 from ..sources.folder import scan_folder
+from ..sources.shapes import shapes_meta
+from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
 
 CIFAR_NAMES = ("cifar10", "cifar100")
 VAL_FRACTION = 0.1  # of a folder that has no splits
-SHAPES_META = "meta.json"
 GENERIC_TEMPLATES = "simple"  # prompts for the labels of a folder that is not a known label set
 
 
@@ -85,7 +80,7 @@ def load_training_data(data: str, data_dir: Path | None = None) -> TrainingData:
         result = _cifar_data(data, data_dir)
     elif data in CAPTION_DATASETS:
         image_root, entries, problems = locate_caption_dataset(data, data_dir)
-        result = _from_entries(data, {e.file: str(image_root / e.file) for e in entries}, entries, problems)
+        result = _from_entries(data, [(str(image_root / e.file), e) for e in entries], problems)
     else:
         choices = ", ".join((*CAPTION_DATASETS, *CIFAR_NAMES))
         raise ClipsearchError(f"training data not found: {data} is neither a folder nor a dataset ({choices})")
@@ -103,27 +98,14 @@ def _folder_data(folder: Path) -> TrainingData:
             f"{folder} has no captions file: put captions.jsonl, captions.csv or Flickr8k.token.txt in it "
             "(one line per image: file and captions)"
         )
-    entries_by_file, problems = read_sidecar(sidecar)
-    if sidecar.name.lower().endswith(".token.txt"):
-        for file, split in read_flickr8k_splits(sidecar.parent).items():
-            if file in entries_by_file:
-                entries_by_file[file].split = split
-    # Match entries to image files as folder indexing does: relative path first, then bare name.
-    images = scan_folder(folder)
-    by_relative = {item.id: item.uri for item in images}
-    by_name: dict[str, str] = {}
-    for item in images:
-        by_name.setdefault(Path(item.id).name, item.uri)
-    uris = {}
-    for file in entries_by_file:
-        uri = by_relative.get(file) or by_name.get(Path(file).name)
-        if uri is None:
-            problems.append(f"{sidecar.name}: image not found: {file}")
-        else:
-            uris[file] = uri
-    entries = [entry for entry in entries_by_file.values() if entry.file in uris]
-    result = _from_entries(str(folder), uris, entries, problems)
-    meta = _shapes_meta(folder)
+    # The images and captions folder indexing would store: the same reader, the same matching.
+    entries, problems = read_caption_file(sidecar)
+    matched = matched_entries(sidecar.parent, scan_folder(folder), entries)
+    problems += check_known_files(entries, {entry.file for _, entry in matched}, sidecar.name)
+    order = {file: position for position, file in enumerate(entries)}
+    matched.sort(key=lambda pair: order[pair[1].file])  # caption-file order, as the other kinds of DATA
+    result = _from_entries(str(folder), [(item.uri, entry) for item, entry in matched], problems)
+    meta = shapes_meta(folder)
     if meta is not None:
         # The built-in label set and prompts, so numbers match `eval zeroshot --labels shapes`.
         result.class_names = resolve_labels("shapes")
@@ -132,27 +114,21 @@ def _folder_data(folder: Path) -> TrainingData:
     return result
 
 
-def _shapes_meta(folder: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((folder / SHAPES_META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and meta.get("name") == "shapes" else None
-
-
-def _from_entries(name: str, uris: dict[str, str], entries: list[CaptionEntry], problems: list[str]) -> TrainingData:
-    """Examples split by the entries' own splits, or 90/10 by file-name hash when none has one."""
+def _from_entries(name: str, images: list[tuple[str, CaptionEntry]], problems: list[str]) -> TrainingData:
+    """Examples of (uri, entry) pairs split by the entries' own splits, or 90/10 by a hash of the
+    entry's file name when none has one."""
+    entries = [entry for _, entry in images]
     if any(entry.split for entry in entries):
-        train = [e for e in entries if e.split in ("train", None)]
-        val = [e for e in entries if e.split == "val"]
+        train = [(uri, e) for uri, e in images if e.split in ("train", None)]
+        val = [(uri, e) for uri, e in images if e.split == "val"]
     else:
-        by_hash = sorted(entries, key=lambda e: hashlib.blake2b(e.file.encode(), digest_size=8).digest())
-        n_val = math.ceil(VAL_FRACTION * len(entries)) if len(entries) > 1 else 0
-        val, train = by_hash[:n_val], sorted(by_hash[n_val:], key=lambda e: e.file)
-        val.sort(key=lambda e: e.file)
+        by_hash = sorted(images, key=lambda pair: hashlib.blake2b(pair[1].file.encode(), digest_size=8).digest())
+        n_val = math.ceil(VAL_FRACTION * len(images)) if len(images) > 1 else 0
+        val, train = by_hash[:n_val], sorted(by_hash[n_val:], key=lambda pair: pair[1].file)
+        val.sort(key=lambda pair: pair[1].file)
 
-    def examples(chosen: list[CaptionEntry]) -> list[Example]:
-        return [Example(uris[e.file], tuple(e.captions), e.label) for e in chosen]
+    def examples(chosen: list[tuple[str, CaptionEntry]]) -> list[Example]:
+        return [Example(uri, tuple(e.captions), e.label) for uri, e in chosen]
 
     result = TrainingData(name, examples(train), examples(val), problems=problems)
     labels_seen = {e.label for e in entries if e.label}
@@ -164,14 +140,14 @@ def _from_entries(name: str, uris: dict[str, str], entries: list[CaptionEntry], 
 
 
 def _cifar_data(name: str, data_dir: Path | None) -> TrainingData:
-    from ..sources.cifar import cifar_items, load_cifar
-
     dataset = load_cifar(name, data_dir)
     classes = dataset.classnames
     prompts = resolve_templates(default_templates(name), classes)
 
     def examples(split: str) -> list[Example]:
-        return [Example(item.uri, tuple(prompts[item.label]), classes[item.label]) for item in cifar_items(dataset, split)]
+        return [
+            Example(item.uri, tuple(prompts[item.label]), classes[item.label]) for item in cifar_items(dataset, split)
+        ]
 
     return TrainingData(
         name, examples("train"), examples("val"), class_names=classes, class_prompts=prompts, captions_are_prompts=True

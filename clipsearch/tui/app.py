@@ -3,306 +3,53 @@
 The index is opened and the model loaded once, in a worker thread, while the interface
 is already drawn; every query runs in a worker thread too, so typing never waits for
 torch. A query submitted before the model is ready is queued (the latest one wins) and
-answered as soon as it is. Images are drawn with Unicode half blocks (two pixels per
-cell: the upper half's colour is the foreground, the lower half's the background), which
-every truecolor terminal shows.
+answered as soon as it is. What a key does is in `actions` (headless), what is drawn in
+`render`; this module wires them to widgets and threads.
 
 Importing this module starts nothing and does not import torch.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
-from rich.color import Color
-from rich.segment import Segment
-from rich.style import Style
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.strip import Strip
-from textual.widget import Widget
 from textual.widgets import Button, DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
 from ..errors import ClipsearchError
-from ..sources.images import ImageDecodeError, open_uri
+from ..sources.images import open_uri
+from .actions import (
+    Query,
+    clean_query_text,
+    describe_error,
+    export_results,
+    open_in_viewer,
+    run_query,
+    viewer_command,
+    warm_model,
+)
+from .render import details_table, hit_details, hit_label
+from .widgets import HelpScreen, HistoryInput, ImagePreview
 
 if TYPE_CHECKING:
-    from ..index.index import Index
+    from ..api import Index
     from ..index.query import Hit
 
-UPPER_HALF_BLOCK = "\u2580"
 PREVIEW_MAX_PIXELS = 320  # longest side kept for the preview; a terminal pane shows fewer
 MAX_K = 1000
 
 
-# -- rendering pixels as text ---------------------------------------------------------
-def half_block_strips(image: Image.Image, width: int, height: int) -> list[Strip]:
-    """`image` fitted into `width` x `height` cells (aspect kept), two pixels a cell.
-
-    Each cell is an upper half block whose foreground is the top pixel and whose
-    background is the bottom pixel; a last odd row leaves the background unset.
-    """
-    if width < 1 or height < 1:
-        return []
-    scale = min(width / image.width, 2 * height / image.height)
-    columns = min(width, max(1, round(image.width * scale)))
-    rows = min(2 * height, max(1, round(image.height * scale)))
-    pixels = np.asarray(image.convert("RGB").resize((columns, rows), Image.Resampling.LANCZOS))
-    styles: dict[tuple[int, ...], Style] = {}
-    strips = []
-    for y in range(0, rows, 2):
-        segments = []
-        for x in range(columns):
-            top = tuple(int(v) for v in pixels[y, x])
-            bottom = tuple(int(v) for v in pixels[y + 1, x]) if y + 1 < rows else ()
-            style = styles.get(top + bottom)
-            if style is None:
-                style = styles[top + bottom] = Style.from_color(
-                    Color.from_rgb(*top), Color.from_rgb(*bottom) if bottom else None
-                )
-            segments.append(Segment(UPPER_HALF_BLOCK, style))
-        strips.append(Strip(segments, columns).simplify())
-    return strips
-
-
-class ImagePreview(Widget):
-    """The selected hit's pixels, centred in the widget, or a one-line message."""
-
-    DEFAULT_CSS = "ImagePreview { height: 1fr; }"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.image: Image.Image | None = None
-        self.message = "no hit selected"
-        self._strips: list[Strip] = []
-        self._drawn_for: tuple[int, int] | None = None
-
-    def show(self, image: Image.Image | None, message: str = "") -> None:
-        self.image, self.message, self._drawn_for = image, message, None
-        self.refresh()
-
-    def render_line(self, y: int) -> Strip:
-        width, height = self.size
-        if self.image is None:
-            return Strip([Segment(self.message[:width])]) if y == 0 else Strip.blank(width)
-        if self._drawn_for != (width, height):
-            self._strips, self._drawn_for = half_block_strips(self.image, width, height), (width, height)
-        top = (height - len(self._strips)) // 2
-        if not 0 <= y - top < len(self._strips):
-            return Strip.blank(width)
-        strip = self._strips[y - top]
-        left = (width - strip.cell_length) // 2
-        return Strip.join([Strip.blank(left), strip, Strip.blank(width - left - strip.cell_length)])
-
-
-# -- what the TUI does, without the UI (the latency benchmark runs this too) --------------
-@dataclass(frozen=True)
-class Query:
-    """One request: a query string (text, image paths, weighted `+`/`-` terms) or the
-    stored vector of an indexed image (`like`), with a filter and k."""
-
-    text: str | None = None
-    like: str | None = None  # id of an indexed image: "more like this"
-    where: str | None = None
-    k: int = 10
-
-    @property
-    def title(self) -> str:
-        return f"more like {self.like}" if self.like else str(self.text)
-
-
-def clean_query_text(text: str) -> str:
-    """Trim, and unwrap a whole query quoted the way terminals paste a dropped file."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and Path(text[1:-1]).expanduser().exists():
-        return text[1:-1]
-    return text
-
-
-def stored_vector(index: Index, image_id: str) -> np.ndarray:
-    """The unit vector stored for one indexed image (exact, and needs no model)."""
-    from ..index.store import sql_quote, vectors_of
-
-    table = index.rows(f"id = {sql_quote(image_id)}", ["vector"])
-    if table.num_rows == 0:
-        raise ClipsearchError(f"{image_id} is no longer in index '{index.name}'")
-    return vectors_of(table)[0]
-
-
-def run_query(index: Index, query: Query) -> tuple[list[Hit], float]:
-    """The hits for `query` and the seconds taken (query encoding + FAISS + row fetch)."""
-    start = time.perf_counter()
-    if query.like:
-        hits = index.search(vector=stored_vector(index, query.like), k=query.k, where=query.where)
-    else:
-        hits = index.search(query.text, k=query.k, where=query.where)
-    return hits, time.perf_counter() - start
-
-
-def warm_model(index: Index) -> None:
-    """Build the encoder, load the FAISS index and run one text through the model, so the
-    first query costs what every later one does."""
-    index.encoder.encode_texts(["warm-up"])
-    index.ann_index
-
-
-def describe_error(error: BaseException) -> str:
-    """One line for the UI: a user error's own message, else the exception type too."""
-    if isinstance(error, ClipsearchError):
-        return str(error)
-    first_line = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {first_line}".rstrip(": ")
-
-
-def hit_label(row: dict[str, Any]) -> str:
-    """Known label, zero-shot label and probe label of a row, those that are set."""
-    parts = [row.get("label_name") or ""]
-    if row.get("zs_label"):
-        parts.append(f"zs: {row['zs_label']}")
-    if row.get("probe_label"):
-        parts.append(f"probe: {row['probe_label']}")
-    return " · ".join(p for p in parts if p)
-
-
-def hit_details(hit: Hit) -> list[tuple[str, str]]:
-    """The metadata shown under the preview, as (name, value) lines."""
-    row = hit.row
-    fields: list[tuple[str, str]] = [("path", row["uri"]), ("id", row["id"]), ("score", f"{hit.score:.4f}  (rank {hit.rank})")]
-    if row.get("width"):
-        fields.append(("dimensions", f"{row['width']} x {row['height']} px"))
-    if row.get("size"):
-        fields.append(("size", f"{row['size']:,} bytes"))
-    if row.get("split"):
-        fields.append(("split", row["split"]))
-    if row.get("label_name"):
-        fields.append(("label", row["label_name"]))
-    for name, prefix in (("zero-shot", "zs"), ("probe", "probe")):
-        if row.get(f"{prefix}_label"):
-            score, source = row.get(f"{prefix}_score"), row.get(f"{prefix}_labelset" if prefix == "zs" else "probe_name")
-            extra = ", ".join(part for part in (f"{score:.3f}" if score is not None else "", source or "") if part)
-            fields.append((name, row[f"{prefix}_label"] + (f" ({extra})" if extra else "")))
-    return fields + [("caption", caption) for caption in row.get("captions") or []]
-
-
-def details_table(fields: Sequence[tuple[str, str]]) -> Table:
-    """Names in a bold column, values wrapping beside them (long paths fold)."""
-    table = Table.grid(padding=(0, 1))
-    table.add_column(style="bold", justify="right", no_wrap=True)
-    table.add_column(overflow="fold")
-    for name, value in fields:
-        table.add_row(name, Text(value))
-    return table
-
-
-def viewer_command() -> str:
-    return "open" if sys.platform == "darwin" else "xdg-open"
-
-
-def open_in_viewer(hit: Hit) -> Path:
-    """Hand the hit's file to the system image viewer without waiting for it; a dataset
-    image (no file of its own) is written to a temporary PNG first."""
-    path = Path(hit.uri)
-    if not path.is_file():
-        try:
-            image = open_uri(hit.uri)
-        except (ImageDecodeError, ClipsearchError) as err:
-            raise ClipsearchError(f"cannot open {hit.uri}: {err}") from None
-        path = Path(tempfile.gettempdir()) / f"clipsearch-{re.sub(r'[^A-Za-z0-9._-]', '_', hit.id)}.png"
-        image.save(path)
-    viewer = shutil.which(viewer_command())
-    if viewer is None:
-        raise ClipsearchError(f"no system image viewer ({viewer_command()} not found); copy the path with 'c' instead")
-    subprocess.Popen([viewer, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
-    return path
-
-
-def export_results(hits: Sequence[Hit], out: Path, title: str) -> Path:
-    """The hits as a contact sheet (.png) or as the JSON list `clipsearch search --json` prints."""
-    from ..present.sheets import contact_sheet
-    from ..files import write_json
-
-    if not hits:
-        raise ClipsearchError("no results to export; run a query first")
-    if out.suffix == ".json":
-        return write_json(out, [hit.to_dict() for hit in hits])
-    images = [open_uri(hit.uri) for hit in hits]
-    return contact_sheet(images, [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits], out, title=title)
-
-
-# -- widgets --------------------------------------------------------------------------
-class HistoryInput(Input):
-    """An input with a history: up/down walk through earlier entries, then back to the draft."""
-
-    BINDINGS = [
-        Binding("up", "history(-1)", "Earlier entry", show=False),
-        Binding("down", "history(1)", "Later entry", show=False),
-    ]
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.history: list[str] = []
-        self._position = 0
-        self._draft = ""
-
-    def remember(self, value: str) -> None:
-        if value and (not self.history or self.history[-1] != value):
-            self.history.append(value)
-        self._position = len(self.history)
-
-    def action_history(self, step: int) -> None:
-        if not self.history:
-            return
-        if self._position == len(self.history):
-            self._draft = self.value
-        self._position = min(max(self._position + step, 0), len(self.history))
-        self.value = self.history[self._position] if self._position < len(self.history) else self._draft
-        self.cursor_position = len(self.value)
-
-
-class HelpScreen(ModalScreen[None]):
-    """The key bindings; escape, ? or q (or a click) closes it."""
-
-    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
-    DEFAULT_CSS = """
-    HelpScreen { align: center middle; }
-    HelpScreen > Static { width: auto; max-width: 90%; padding: 1 2; border: round $accent; background: $surface; }
-    """
-
-    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
-        super().__init__()
-        self.keys = keys
-
-    def compose(self) -> ComposeResult:
-        text = Text("clipsearch tui: keys\n\n", style="bold")
-        for key, description in self.keys:
-            text.append(f"{key:>16}  ", style="bold")
-            text.append(f"{description}\n")
-        text.append("\nmouse: click a field, a result, a button or a key in the footer", style="dim")
-        yield Static(text, id="help")
-
-    def on_click(self) -> None:
-        self.dismiss()
-
-
-# -- the app --------------------------------------------------------------------------
 class SearchApp(App[None]):
     """Query box + filter box, results list, preview with metadata, actions, status line."""
 
@@ -367,7 +114,8 @@ class SearchApp(App[None]):
         self.latency: float | None = None  # seconds the last query took in the worker
         self.round_trip: float | None = None  # seconds from its submission to its hits listed
         self._submitted_at = 0.0
-        self._focus_results = False  # move to the results once they are in (not while searching: it costs the search CPU)
+        # Move to the results once they are in (not while searching: it costs the search CPU).
+        self._focus_results = False
         self.searching = False
         self._index_lock = threading.Lock()  # the Index (torch, FAISS) serves one thread at a time
 
@@ -405,7 +153,7 @@ class SearchApp(App[None]):
             self._post(self._index_opened, index, index.counts()["images"])
             with self._index_lock:
                 self._load_model(index)
-        except Exception as error:  # noqa: BLE001 - whatever it is, the user must see it
+        except Exception as error:
             self._post(self._startup_failed, describe_error(error))
             return
         self._post(self._model_ready)
@@ -469,7 +217,7 @@ class SearchApp(App[None]):
         try:
             with self._index_lock:
                 hits, seconds = run_query(self.index, query)
-        except Exception as error:  # noqa: BLE001 - shown in the UI, never a crash
+        except Exception as error:
             if not worker.is_cancelled:
                 self._post(self._search_failed, describe_error(error))
             return
@@ -522,7 +270,7 @@ class SearchApp(App[None]):
         try:
             image, message = open_uri(hit.uri), ""
             image.thumbnail((PREVIEW_MAX_PIXELS, PREVIEW_MAX_PIXELS))
-        except Exception as error:  # noqa: BLE001 - a file gone or unreadable since indexing
+        except Exception as error:
             image, message = None, f"cannot show: {describe_error(error)}"
         if not worker.is_cancelled:
             self._post(self._show_preview, hit, image, message)
@@ -552,7 +300,7 @@ class SearchApp(App[None]):
     def _open_worker(self, hit: Hit) -> None:
         try:
             path = open_in_viewer(hit)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             self._post(self._say, describe_error(error), True)
             return
         self._post(self._say, f"opened {path} with {viewer_command()}")
@@ -576,7 +324,7 @@ class SearchApp(App[None]):
     def _export_worker(self, hits: list[Hit], out: Path, title: str) -> None:
         try:
             path = export_results(hits, out, title)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             self._post(self._say, describe_error(error), True)
             return
         self._post(self._say, f"wrote {path}")

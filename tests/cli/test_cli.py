@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from clipsearch.index.index import Index
-from clipsearch.cli.app import main
-from clipsearch.model.encoder import Encoder
 from cli_runner import run_cli
 from imagegen import write_distinct_images
+from PIL import Image
+
+from clipsearch.cli.app import main
+from clipsearch.index.index import Index
+from clipsearch.model.encoder import Encoder
 
 N_IMAGES = 8
 TINY = ["--model", "tiny", "--pretrained", "none"]
@@ -51,7 +51,12 @@ def root(built_root: Path, tmp_path: Path) -> Path:
 def snapshot(root: Path) -> tuple:
     """What must survive a failed command: the index folders, counts, table version, manifest."""
     index = Index.open("base", root)
-    return sorted(p.name for p in root.iterdir()), index.counts(), index.store.version(), (root / "base" / "manifest.json").read_text()
+    return (
+        sorted(p.name for p in root.iterdir()),
+        index.counts(),
+        index.store.version(),
+        (root / "base" / "manifest.json").read_text(),
+    )
 
 
 USER_ERRORS = {
@@ -61,13 +66,23 @@ USER_ERRORS = {
     "negative k": (["search", "base", "a dog", "-k", "-3"], "-k must be a positive"),
     "no query": (["search", "base"], "empty query"),
     "blank query": (["search", "base", "  "], "empty query"),
-    "unknown model": (["index", "PHOTOS", "--name", "other", "--model", "NoSuchNet", "--pretrained", "none"], "unknown model 'NoSuchNet'"),
-    "missing weights offline": (["index", "PHOTOS", "--name", "other", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
-                                "--pretrained PATH"),
+    "unknown model": (
+        ["index", "PHOTOS", "--name", "other", "--model", "NoSuchNet", "--pretrained", "none"],
+        "unknown model 'NoSuchNet'",
+    ),
+    "missing weights offline": (
+        ["index", "PHOTOS", "--name", "other", "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+        "--pretrained PATH",
+    ),
     "default model offline": (["index", "PHOTOS", "--name", "other"], "not in the Hugging Face cache"),
-    "search with another model": (["search", "base", "a dog", "--model", "ViT-B-32", "--pretrained", "none"],
-                                  "was built with tiny@random-seed0, not ViT-B-32@random-seed0"),
-    "index with another model": (["index", "PHOTOS", "--name", "base", "--model", "mini", "--pretrained", "none"], "was built with"),
+    "search with another model": (
+        ["search", "base", "a dog", "--model", "ViT-B-32", "--pretrained", "none"],
+        "was built with tiny@random-seed0, not ViT-B-32@random-seed0",
+    ),
+    "index with another model": (
+        ["index", "PHOTOS", "--name", "base", "--model", "mini", "--pretrained", "none"],
+        "was built with",
+    ),
     "unknown column in --where": (["search", "base", "a dog", "--where", "no_such_column = 1"], "invalid filter"),
     "broken --where": (["search", "base", "a dog", "--where", "width >"], "invalid filter"),
     "missing query image": (["search", "base", "--image", "/no/such.png"], "query image not found"),
@@ -104,9 +119,11 @@ def test_interrupted_index_exits_130_and_keeps_what_was_written(root: Path, phot
     original = Encoder.encode_image_tensors
     monkeypatch.setattr("clipsearch.index.sync.WRITE_BATCH", 2)
     monkeypatch.setattr(Encoder, "encode_image_tensors", interrupt_second_batch)
-    code, out, err = run_cli("index", more, "--name", "more", *TINY, "--workers", "0", "--batch-size", "2", "--root", root)
+    code, out, err = run_cli(
+        "index", more, "--name", "more", *TINY, "--workers", "0", "--batch-size", "2", "--root", root
+    )
     assert code == 130 and "interrupted" in err and "Traceback" not in err, (out, err)
-    assert "2/6" in out and "img/s" in out and "eta" in out  # the progress bar, as far as it got
+    assert "2/6" in err and "img/s" in err and "eta" in err  # the progress bar (on stderr), as far as it got
     monkeypatch.setattr(Encoder, "encode_image_tensors", original)
     assert Index.open("more", root).counts()["images"] == 2
     code, out, _ = run_cli("index", more, "--name", "more", *TINY, "--workers", "0", "--root", root, "--json")
@@ -138,7 +155,9 @@ def test_search_outputs(root: Path, photos: Path, tmp_path: Path) -> None:
 
     code, out, _ = run_cli("search", "base", "a red square", "-k", "3", "--root", root)
     assert code == 0 and all(word in out for word in ("rank", "score", "path", "size", "48x40"))
-    ranks = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│") and line.split("│")[1].strip()]
+    ranks = [
+        line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│") and line.split("│")[1].strip()
+    ]
     assert ranks == ["1", "2", "3"] and all(f"{e.score:.4f}" in out for e in expected[:3])  # long paths wrap
 
     grid = tmp_path / "sheet.png"
@@ -150,12 +169,16 @@ def test_search_outputs(root: Path, photos: Path, tmp_path: Path) -> None:
 
 def test_index_list_info_prune_remove(root: Path, photos: Path) -> None:
     code, out, _ = run_cli("index", photos, "--name", "base", *TINY, "--workers", "0", "--root", root)
-    assert code == 0 and all(col in out for col in ("new", "updated", "unchanged", "moved", "deleted", "skipped", "images/s"))
+    assert code == 0 and all(
+        col in out for col in ("new", "updated", "unchanged", "moved", "deleted", "skipped", "images/s")
+    )
 
     code, out, _ = run_cli("list", "--root", root)
     assert code == 0 and "base" in out and "tiny@random-seed0" in out
     code, out, _ = run_cli("list", "--json", "--root", root)
-    assert json.loads(out) == [{"name": "base", "model": "tiny@random-seed0", "images": N_IMAGES, "updated": json.loads(out)[0]["updated"]}]
+    assert json.loads(out) == [
+        {"name": "base", "model": "tiny@random-seed0", "images": N_IMAGES, "updated": json.loads(out)[0]["updated"]}
+    ]
 
     code, out, _ = run_cli("info", "base", "--json", "--root", root)
     info = json.loads(out)
@@ -172,7 +195,12 @@ def test_index_list_info_prune_remove(root: Path, photos: Path) -> None:
         code, out, _ = run_cli("index", photos, "--name", "base", *TINY, "--json", "--root", root)
         assert json.loads(out)["deleted"] == 1 and Index.open("base", root).counts()["deleted"] == 1
         code, out, _ = run_cli("index", photos, "--name", "base", "--prune", "--json", "--root", root)
-        assert code == 0 and Index.open("base", root).counts() == {"images": N_IMAGES - 1, "deleted": 0, "skipped": 0, "captions": 0}
+        assert code == 0 and Index.open("base", root).counts() == {
+            "images": N_IMAGES - 1,
+            "deleted": 0,
+            "skipped": 0,
+            "captions": 0,
+        }
     finally:
         (photos / "img0.png").write_bytes(data)
 
@@ -184,7 +212,9 @@ def test_index_list_info_prune_remove(root: Path, photos: Path) -> None:
 
 def _subprocess(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEARCH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:

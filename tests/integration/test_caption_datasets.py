@@ -4,19 +4,29 @@ root, generic caption files, downloads; malformed lines are reported with their 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from caption_fixture import (
+    brute_force_recall,
+    karpathy_image,
+    random_captions,
+    table_rows,
+    write_flickr8k,
+    write_image,
+    write_karpathy,
+)
 from cli_runner import run_cli
-from caption_fixture import karpathy_image, random_captions, table_rows, write_flickr8k, write_image, write_karpathy
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.sources.captions import CAPTION_DATASETS
-from clipsearch.sources.datasets import DATASETS, dataset_items
+from clipsearch.sources.datasets import CAPTION_DATASETS, DATASETS, dataset_items
+from clipsearch.training.data import load_training_data
 
 TINY = ("--model", "tiny", "--pretrained", "none", "--workers", "0")
 
@@ -65,6 +75,34 @@ def test_flickr8k_layout_indexes_a_split_and_reports_bad_lines(tmp_path, tiny_en
     assert splits == ["test", "test", "train", "train", "train"]
 
 
+def test_folder_with_a_flickr8k_token_file_and_split_lists_keeps_its_splits(tmp_path) -> None:
+    """Issue 10, bug 1: indexing such a folder stored no splits (only training read the split lists),
+    so `eval retrieval --split test` found no test images. Index and trainer now read the same splits."""
+    written = write_flickr8k(tmp_path / "official", {"train": 3, "val": 2, "test": 3}, captions_per_image=2)
+    folder = tmp_path / "photos"  # images, token file and split lists side by side
+    shutil.copytree(tmp_path / "official" / "Flicker8k_Dataset", folder)
+    for text_file in (tmp_path / "official" / "Flickr8k_text").iterdir():
+        shutil.copy(text_file, folder / text_file.name)
+
+    code, _, stderr = run_cli("index", folder, "--name", "f8folder", *TINY)
+    assert code == 0, stderr
+    index_dir = Path(os.environ["CLIPSEARCH_HOME"]) / "f8folder"
+    rows = table_rows(index_dir, "images")
+    assert {row["id"]: (row["split"], row["captions"]) for row in rows} == written
+
+    code, stdout, stderr = run_cli("eval", "retrieval", "f8folder", "--split", "test", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    expected = brute_force_recall(index_dir, "test", (1, 5, 10))
+    assert (report["n_images"], report["n_captions"]) == (3, 6) == (expected["n_images"], expected["n_captions"])
+    for direction in ("text_to_image", "image_to_text"):
+        assert report[direction] == pytest.approx(expected[direction])
+
+    data = load_training_data(str(folder))  # the trainer sees the same splits
+    assert sorted(Path(e.uri).name for e in data.train) == sorted(n for n, (s, _) in written.items() if s == "train")
+    assert sorted(Path(e.uri).name for e in data.val) == sorted(n for n, (s, _) in written.items() if s == "val")
+
+
 def test_karpathy_json_with_a_separate_image_root(tmp_path) -> None:
     photos = tmp_path / "photos"  # the images, in no dataset-specific folder
     texts = random_captions([5, 5, 2, 1], seed=1)
@@ -81,16 +119,29 @@ def test_karpathy_json_with_a_separate_image_root(tmp_path) -> None:
     ]
     captions_file = write_karpathy(tmp_path / "annotations" / "dataset_flickr30k.json", images, "flickr30k")
 
-    code, _, stderr = run_cli("index", "flickr30k", "--captions", captions_file, "--data-dir", photos,
-                              "--name", "f30", "--split", "all", *TINY)
+    code, _, stderr = run_cli(
+        "index",
+        "flickr30k",
+        "--captions",
+        captions_file,
+        "--data-dir",
+        photos,
+        "--name",
+        "f30",
+        "--split",
+        "all",
+        *TINY,
+    )
 
     assert code == 0, stderr
     assert _warned_places(stderr, "dataset_flickr30k.json") == ["images[1]", "images[5]", "images[6]"]
     assert "warning: dataset_flickr30k.json: image not found: 4.jpg" in stderr
     rows = sorted(table_rows(Path(os.environ["CLIPSEARCH_HOME"]) / "f30", "images"), key=lambda r: r["id"])
     assert [(r["id"], r["split"], r["captions"]) for r in rows] == [
-        ("flickr30k/0.jpg", "test", texts[0]), ("flickr30k/1.jpg", "test", texts[1]),
-        ("flickr30k/2.jpg", "train", texts[2]), ("flickr30k/3.jpg", "train", texts[3]),
+        ("flickr30k/0.jpg", "test", texts[0]),
+        ("flickr30k/1.jpg", "test", texts[1]),
+        ("flickr30k/2.jpg", "train", texts[2]),
+        ("flickr30k/3.jpg", "train", texts[3]),
         ("flickr30k/6.jpg", None, ["unknown split"]),
     ]
 
@@ -99,13 +150,17 @@ def test_generic_caption_file_with_a_named_dataset(tmp_path) -> None:
     for i in range(3):
         write_image(tmp_path / "Flicker8k_Dataset" / f"{i}.jpg", seed=i)
     csv = tmp_path / "mine.csv"
-    csv.write_text("file,caption,label,split\n0.jpg,a dog,dog,test\n0.jpg,a brown dog,dog,test\n"
-                   "1.jpg,a cat,cat,train\n2.jpg,,bird,test\n9.jpg,gone,x,test\n", encoding="utf-8")
+    csv.write_text(
+        "file,caption,label,split\n0.jpg,a dog,dog,test\n0.jpg,a brown dog,dog,test\n"
+        "1.jpg,a cat,cat,train\n2.jpg,,bird,test\n9.jpg,gone,x,test\n",
+        encoding="utf-8",
+    )
 
     items, problems = dataset_items("flickr8k", "test", tmp_path, csv)
 
     assert [(i.id, i.label_name, i.split, i.captions) for i in items] == [
-        ("flickr8k/0.jpg", "dog", "test", ["a dog", "a brown dog"])]
+        ("flickr8k/0.jpg", "dog", "test", ["a dog", "a brown dog"])
+    ]
     assert problems == ["mine.csv:5: empty caption", "mine.csv:6: image not found: 9.jpg"]
 
 
@@ -117,7 +172,10 @@ def test_coco_layout_keeps_folders_in_ids(tmp_path) -> None:
 
     items, problems = dataset_items("coco", "test", tmp_path)
 
-    assert [i.id for i in items] == ["coco/val2014/COCO_val2014_000000000000.jpg", "coco/val2014/COCO_val2014_000000000001.jpg"]
+    assert [i.id for i in items] == [
+        "coco/val2014/COCO_val2014_000000000000.jpg",
+        "coco/val2014/COCO_val2014_000000000001.jpg",
+    ]
     assert problems == [] and all(Path(i.uri).is_file() and i.source == "coco" for i in items)
 
 
@@ -135,7 +193,9 @@ def test_missing_dataset_is_downloaded_and_unpacked(tmp_path, monkeypatch) -> No
     upstream = tmp_path / "upstream"
     good = write_flickr8k(upstream / "unpacked", {"test": 2, "train": 1}, captions_per_image=2)
     unpacked = upstream / "unpacked"
-    images_zip = _zip(unpacked / "Flicker8k_Dataset", upstream / "Flickr8k_Dataset.zip", "Flicker8k_Dataset/", junk=True)
+    images_zip = _zip(
+        unpacked / "Flicker8k_Dataset", upstream / "Flickr8k_Dataset.zip", "Flicker8k_Dataset/", junk=True
+    )
     text_zip = _zip(unpacked / "Flickr8k_text", upstream / "Flickr8k_text.zip")  # text files at the top
     urls = (images_zip.as_uri(), text_zip.as_uri())
     monkeypatch.setitem(CAPTION_DATASETS, "flickr8k", dataclasses.replace(CAPTION_DATASETS["flickr8k"], urls=urls))
@@ -148,8 +208,16 @@ def test_missing_dataset_is_downloaded_and_unpacked(tmp_path, monkeypatch) -> No
     assert sorted(i.id for i in items) == sorted(f"flickr8k/{n}" for n, (s, _) in good.items() if s == "test")
     assert problems == []
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        ["Flicker8k_Dataset", "Flickr8k.token.txt", "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt",
-         "Flickr_8k.trainImages.txt", "Flickr8k_Dataset.zip", "Flickr8k_text.zip"])  # no junk, no staging left
+        [
+            "Flicker8k_Dataset",
+            "Flickr8k.token.txt",
+            "Flickr_8k.devImages.txt",
+            "Flickr_8k.testImages.txt",
+            "Flickr_8k.trainImages.txt",
+            "Flickr8k_Dataset.zip",
+            "Flickr8k_text.zip",
+        ]
+    )  # no junk, no staging left
     images_zip.unlink()
     text_zip.unlink()
     assert len(dataset_items("flickr8k", "train")[0]) == 1  # found on disk now: nothing fetched again

@@ -7,13 +7,13 @@ import pickle
 import re
 import tarfile
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cifar_fixture import make_cifar_archive
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.tasks.prompts import CIFAR100_CLASSNAMES
 from clipsearch.sources import cifar
 from clipsearch.sources.cifar import (
     VARIANTS,
@@ -24,6 +24,7 @@ from clipsearch.sources.cifar import (
     locate_cifar,
     open_cifar_uri,
 )
+from clipsearch.tasks.prompts import label_set
 
 VARIANT_NAMES = ["cifar10", "cifar100"]
 
@@ -74,7 +75,7 @@ def test_split_sizes_are_proportional_and_disjoint(tmp_path, variant):
 
 
 def test_val_split_of_the_real_training_set_is_the_documented_permutation():
-    ds = CifarDataset("cifar10", cifar.default_data_dir(), (), np.empty((0, 3072), np.uint8), np.zeros(50_000, np.int64),
+    ds = CifarDataset("cifar10", Path("/data"), (), np.empty((0, 3072), np.uint8), np.zeros(50_000, np.int64),
                       np.empty((0, 3072), np.uint8), np.zeros(10_000, np.int64))  # fmt: skip
 
     _, val = ds.split_indices("val")
@@ -120,7 +121,9 @@ def test_open_cifar_uri_reuses_the_loaded_arrays(tmp_path, monkeypatch):
     assert loads == []
 
 
-@pytest.mark.parametrize("uri", ["cifar10:/data#valid/3", "cifar1000:/data#train/3", "/data/cat.png", "cifar10:#train/1"])
+@pytest.mark.parametrize(
+    "uri", ["cifar10:/data#valid/3", "cifar1000:/data#train/3", "/data/cat.png", "cifar10:#train/1"]
+)
 def test_non_cifar_uris_are_recognised_and_refused(uri):
     assert not is_cifar_uri(uri)
     with pytest.raises(ClipsearchError, match="not a CIFAR uri"):
@@ -132,7 +135,7 @@ def test_cifar100_keeps_raw_fine_names_and_gives_prompt_names_with_spaces(tmp_pa
 
     assert len(ds.label_names) == 100
     assert "lawn_mower" in ds.label_names and "aquarium_fish" in ds.label_names
-    assert ds.classnames == list(CIFAR100_CLASSNAMES)
+    assert ds.classnames == label_set("cifar100")
     lawn_mower = ds.label_names.index("lawn_mower")
     assert {item.label_name for item in cifar_items(ds, "all") if item.label == lawn_mower} == {"lawn_mower"}
 
@@ -203,7 +206,9 @@ def test_missing_data_offline_is_a_one_line_error(tmp_path, monkeypatch):
 
 def test_nothing_found_downloads_the_official_archive(tmp_path, monkeypatch):
     mirror = make_cifar_archive(tmp_path / "mirror", "cifar10")
-    mirrored = dataclasses.replace(VARIANTS["cifar10"], url=mirror.as_uri(), md5=hashlib.md5(mirror.read_bytes()).hexdigest())
+    mirrored = dataclasses.replace(
+        VARIANTS["cifar10"], url=mirror.as_uri(), md5=hashlib.md5(mirror.read_bytes()).hexdigest()
+    )
     monkeypatch.setitem(VARIANTS, "cifar10", mirrored)
 
     ds = load_cifar("cifar10", tmp_path / "data")

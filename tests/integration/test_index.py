@@ -1,6 +1,7 @@
 """Indexing a folder (acceptance check 3 and the storage layout): what lands on disk, and that
 re-indexing encodes only what changed — touched, moved, copied, deleted, restored and broken
-files, an interrupted run, and a FAISS file that went stale behind the index's back."""
+files, an interrupted run, a prune, and a FAISS file that went stale behind the index's back;
+the row readers the tasks use; and `clipsearch.api.Index`, which joins storage and tasks."""
 
 from __future__ import annotations
 
@@ -14,19 +15,50 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from clipsearch.index import sync as indexer
-from clipsearch.index.index import Index
-from clipsearch.errors import ClipsearchError
+import torch
+import torch.nn.functional as F
+from caption_fixture import brute_force_recall, table_rows
+from cifar_fixture import make_cifar_archive
 from imagegen import distinct_image, write_distinct_images
 from index_helpers import count_encoded
 from search_reference import assert_same_ranking, brute_force, image_vector, live_rows
 
+from clipsearch import api
+from clipsearch.errors import ClipsearchError
+from clipsearch.index import sync as indexer
+from clipsearch.index.index import Index
+from clipsearch.tasks.prompts import default_templates, resolve_labels, resolve_templates
+
 # One name with a quote: ids go into SQL filters and must be escaped there.
-NAMES = ["a/pic00.png", "a/pic01.jpg", "b/pic02.png", "b/pic03.jpg", "c/pic04.png", "c/pic05.jpg", "d/pic06 it's.png",
-         "d/pic07.jpg", "e/pic08.png", "e/pic09.jpg"]
-DESIGN_COLUMNS = ["id", "key", "uri", "source", "split", "label", "label_name", "captions", "mtime", "size",
-                  "content_hash", "width", "height", "vector", "deleted"]
+NAMES = [
+    "a/pic00.png",
+    "a/pic01.jpg",
+    "b/pic02.png",
+    "b/pic03.jpg",
+    "c/pic04.png",
+    "c/pic05.jpg",
+    "d/pic06 it's.png",
+    "d/pic07.jpg",
+    "e/pic08.png",
+    "e/pic09.jpg",
+]
+DESIGN_COLUMNS = [
+    "id",
+    "key",
+    "uri",
+    "source",
+    "split",
+    "label",
+    "label_name",
+    "captions",
+    "mtime",
+    "size",
+    "content_hash",
+    "width",
+    "height",
+    "vector",
+    "deleted",
+]
 
 
 @pytest.fixture
@@ -150,10 +182,14 @@ def test_moved_copied_deleted_restored_and_pruned(index: Index, folder: Path, ti
     assert sum(calls) == 0 and stats.deleted == 1
     assert gone not in {h.id for h in index.search("anything", k=50)}
     assert index.search(image=tmp_copy(gone_bytes, folder.parent / "query.jpg"), k=1)[0].id != gone
-    assert index.rows("id = '%s'" % gone.replace("'", "''"), include_deleted=True).column("deleted").to_pylist() == [True]
+    assert index.rows("id = '{}'".format(gone.replace("'", "''")), include_deleted=True).column(
+        "deleted"
+    ).to_pylist() == [True]
     assert index.counts()["deleted"] == 1 and len(_faiss_keys(index)) == index.counts()["images"] == 10
-    assert_same_ranking([(h.id, h.score) for h in index.search("a cat", k=20)],
-                        brute_force(live_rows(index.store.path), index.query_vector("a cat"), 20))
+    assert_same_ranking(
+        [(h.id, h.score) for h in index.search("a cat", k=20)],
+        brute_force(live_rows(index.store.path), index.query_vector("a cat"), 20),
+    )
 
     # Restore it: the deleted row's vector is reused (same content), nothing encoded.
     (folder / gone).write_bytes(gone_bytes)
@@ -179,7 +215,9 @@ def test_captions_follow_their_images(tmp_path: Path, tiny_encoder) -> None:
     folder = tmp_path / "captioned"
     names = [f"im{i}.png" for i in range(4)]
     write_distinct_images(folder, names)
-    (folder / "captions.jsonl").write_text("".join(json.dumps({"file": n, "caption": f"caption of {n}"}) + "\n" for n in names))
+    (folder / "captions.jsonl").write_text(
+        "".join(json.dumps({"file": n, "caption": f"caption of {n}"}) + "\n" for n in names)
+    )
     index = Index.create("captioned", tmp_path / "indexes", encoder=tiny_encoder)
     index.add_folder(folder, workers=0, progress=False)
     assert index.counts()["captions"] == 4
@@ -217,8 +255,12 @@ def test_interrupted_run_is_usable_and_resumes(tmp_path: Path, tiny_encoder, mon
 
     reopened = Index.open("photos", tmp_path / "indexes", encoder=tiny_encoder)
     assert reopened.counts()["images"] == 4
+    # The manifest's counts were cleared when the write began: `list` counts the table instead.
+    assert reopened.manifest["counts"] is None and reopened.counts(recorded=True)["images"] == 4
     hits = reopened.search("a dog", k=10)
-    assert_same_ranking([(h.id, h.score) for h in hits], brute_force(live_rows(reopened.store.path), reopened.query_vector("a dog"), 10))
+    assert_same_ranking(
+        [(h.id, h.score) for h in hits], brute_force(live_rows(reopened.store.path), reopened.query_vector("a dog"), 10)
+    )
     assert len(hits) == 4
 
     calls = count_encoded(monkeypatch, tiny_encoder)
@@ -244,11 +286,16 @@ def test_stale_faiss_file_is_rebuilt_not_trusted(index: Index, folder: Path, tin
 
     reopened = Index.open("photos", root, encoder=tiny_encoder)
     query = reopened.query_vector("a dog")
-    assert_same_ranking([(h.id, h.score) for h in reopened.search(vector=query, k=10)],
-                        brute_force(live_rows(reopened.store.path), query, 10))
+    assert_same_ranking(
+        [(h.id, h.score) for h in reopened.search(vector=query, k=10)],
+        brute_force(live_rows(reopened.store.path), query, 10),
+    )
     assert len(_faiss_keys(reopened)) == 9
-    assert reopened.manifest["ann"]["table_version"] == table.version == json.loads(
-        (reopened.store.path / "manifest.json").read_text())["ann"]["table_version"]
+    assert (
+        reopened.manifest["ann"]["table_version"]
+        == table.version
+        == json.loads((reopened.store.path / "manifest.json").read_text())["ann"]["table_version"]
+    )
 
     # A missing FAISS file is rebuilt as well.
     index.faiss_path.unlink()
@@ -269,11 +316,119 @@ def test_decoding_workers_give_the_same_vectors(folder: Path, tmp_path: Path, ti
 def test_one_writer_at_a_time_and_one_model_per_index(index: Index, folder: Path) -> None:
     index.add_folder(folder, workers=0, progress=False)
     version = index.store.version()
-    with index.store.writer_lock():
-        with pytest.raises(ClipsearchError, match="being written by another process"):
-            Index.open("photos", index.store.path.parent, encoder=index.encoder).add_folder(folder, progress=False)
+    with index.store.writer_lock(), pytest.raises(ClipsearchError, match="being written by another process"):
+        Index.open("photos", index.store.path.parent, encoder=index.encoder).add_folder(folder, progress=False)
     with pytest.raises(ClipsearchError, match="was built with tiny@random-seed0, not mini@random-seed0"):
         Index.create("photos", index.store.path.parent, model="mini", pretrained="none")
     with pytest.raises(ClipsearchError, match="already holds folder"):
         index.add_folder(folder.parent / "indexes", progress=False)
     assert index.store.version() == version and index.counts()["images"] == 10
+
+
+def test_prune_removes_deleted_rows_and_the_faiss_file_follows(index: Index, folder: Path, tiny_encoder) -> None:
+    index.add_folder(folder, workers=0, progress=False)
+    gone = NAMES[2:5]
+    for name in gone:
+        (folder / name).unlink()
+    index.add_folder(folder, workers=0, progress=False)  # marks them deleted, keeps the rows
+    assert index.counts()["deleted"] == 3 and len(_vectors_by_id(index, include_deleted=True)) == 10
+
+    assert index.prune() == 3
+    kept = sorted(set(NAMES) - set(gone))
+    assert sorted(_vectors_by_id(index, include_deleted=True)) == kept  # gone from the table itself
+    assert index.counts() == index.counts(recorded=True) == {"images": 7, "deleted": 0, "skipped": 0, "captions": 0}
+    assert _faiss_keys(index) == {row["key"] for row in live_rows(index.store.path)}
+    manifest = json.loads((index.store.path / "manifest.json").read_text())
+    assert manifest["ann"]["table_version"] == index.store.version()  # the FAISS file is current, not rebuilt later
+    query = index.query_vector("a red square")
+    expected = brute_force(live_rows(index.store.path), query, 10)
+    for searched in (index, Index.open("photos", index.store.path.parent, encoder=tiny_encoder)):
+        assert_same_ranking([(h.id, h.score) for h in searched.search(vector=query, k=10)], expected)
+    assert index.prune() == 0
+
+
+def test_row_readers_for_the_tasks(tmp_path: Path, tiny_encoder) -> None:
+    folder = tmp_path / "captioned"
+    names = ["a.png", "b it's.png", "c.png"]
+    write_distinct_images(folder, names)
+    lines = [{"file": n, "captions": [f"{n} caption {j}" for j in range(i + 1)]} for i, n in enumerate(names)]
+    (folder / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    index = Index.create("captioned", tmp_path / "indexes", encoder=tiny_encoder)
+    index.add_folder(folder, workers=0, progress=False)
+    stored = {row["id"]: np.asarray(row["vector"], np.float32) for row in table_rows(index.store.path, "images")}
+    for name in names:  # a quote in an id is escaped, not an SQL error
+        assert np.array_equal(index.vector_of(name), stored[name])
+    with pytest.raises(ClipsearchError, match=r"no image 'nope\.png' in index 'captioned'"):
+        index.vector_of("nope.png")
+
+    captions = sorted(table_rows(index.store.path, "captions"), key=lambda r: (r["image_id"], r["caption_index"]))
+    wanted = [r for r in captions if r["image_id"] in ("b it's.png", "c.png")]
+    got = index.captions_of(["c.png", "b it's.png"])
+    assert got.column_names == ["image_id", "caption_index", "caption", "vector"] and got.to_pylist() == wanted
+    assert index.captions_of([]).num_rows == 0 and index.captions_of([]).schema == got.schema
+
+    (folder / "a.png").unlink()
+    index.add_folder(folder, workers=0, progress=False)
+    assert index.live_count() == 2 == sum(not r["deleted"] for r in table_rows(index.store.path, "images"))
+    with pytest.raises(ClipsearchError, match=r"no image 'a\.png'"):  # deleted rows are not served
+        index.vector_of("a.png")
+
+
+def test_dataset_is_read_before_its_index_is_created(tmp_path: Path, tiny_encoder) -> None:
+    root = tmp_path / "indexes"
+    with pytest.raises(ClipsearchError, match=r"cannot download .*offline mode is on"):  # nothing there
+        Index.from_dataset("cifar10", data_dir=tmp_path / "nothing", root=root, encoder=tiny_encoder)
+    assert not (root / "cifar10").exists()
+    archive = make_cifar_archive(tmp_path, "cifar10")
+    index, stats = api.Index.from_dataset(
+        "cifar10", "test", archive, name="c10", root=root, encoder=tiny_encoder, workers=0, progress=False
+    )
+    assert type(index) is api.Index and index.name == "c10" and stats.new == index.live_count() == 30
+    assert {r["source"] for r in table_rows(index.store.path, "images")} == {"cifar10"}
+
+
+def _prototypes(encoder, labels: str) -> tuple[list[str], np.ndarray]:
+    """Class prototypes straight from the open_clip model: mean of each class's unit prompt vectors."""
+    names = resolve_labels(labels)
+    rows = []
+    with torch.no_grad():
+        for sentences in resolve_templates(default_templates(labels), names):
+            prompts = F.normalize(encoder.model.encode_text(encoder.tokenizer(sentences)), dim=-1)
+            rows.append(F.normalize(prompts.mean(dim=0), dim=-1).numpy())
+    return names, np.asarray(rows)
+
+
+def test_api_index_runs_the_tasks_over_its_storage(tmp_path: Path, tiny_encoder) -> None:
+    folder = tmp_path / "pets"
+    names = [f"pet{i:02d}.png" for i in range(12)]
+    labels = ["cat", "dog", "bird", "ship"]
+    write_distinct_images(folder, names)
+    lines = [
+        {
+            "file": n,
+            "label": labels[i % 4],
+            "split": "test",
+            "captions": [f"a {labels[i % 4]} {j}" for j in range(i % 3 + 1)],
+        }
+        for i, n in enumerate(names)
+    ]
+    (folder / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    root = tmp_path / "indexes"
+    index = api.Index.create("pets", root, encoder=tiny_encoder)
+    assert type(index) is api.Index and type(api.Index.open("pets", root)) is api.Index
+    index.add_folder(folder, workers=0, progress=False)
+
+    class_names, prototypes = _prototypes(tiny_encoder, "cifar10")
+    rows = sorted(live_rows(index.store.path), key=lambda r: r["id"])
+    nearest = [class_names[c] for c in np.argmax(np.asarray([r["vector"] for r in rows]) @ prototypes.T, axis=1)]
+    counts = index.classify("cifar10")
+    assert {name: n for name, n in counts.items() if n} == {name: nearest.count(name) for name in set(nearest)}
+    assert [r["zs_label"] for r in sorted(live_rows(index.store.path), key=lambda r: r["id"])] == nearest
+
+    result = index.evaluate_zero_shot("cifar10", split="test")
+    truth = [r["label_name"] for r in rows]
+    assert result["n"] == 12 and result["top1"] == pytest.approx(np.mean([a == b for a, b in zip(nearest, truth)]))
+
+    report = index.evaluate_retrieval("test")
+    expected = brute_force_recall(index.store.path, "test", (1, 5, 10))
+    assert {key: report[key] for key in expected} == expected

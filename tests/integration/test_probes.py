@@ -14,6 +14,7 @@ import open_clip
 import PIL.Image
 import pytest
 from cifar_fixture import make_cifar_archive
+from cli_runner import run_cli, run_json
 from safetensors.numpy import load_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -22,24 +23,28 @@ from threadpoolctl import threadpool_limits
 
 from clipsearch.index.index import Index
 from clipsearch.model.encoder import Encoder
-from clipsearch.tasks.probes import Probe
-from clipsearch.tasks.prompts import CIFAR100_CLASSNAMES, SHAPES_TEMPLATES
 from clipsearch.sources import images
 from clipsearch.sources.shapes import generate_shapes
-from cli_runner import run_cli, run_json
+from clipsearch.tasks.probes import Probe
+from clipsearch.tasks.prompts import resolve_labels, template_set
 
 NAME = "shapes"
 FAST = ["--max-epochs", "12", "--patience", "4"]  # mlp/joint: enough to learn something, quick on 2 cores
 FEW = ["--shots", "4"]  # linear: a quick C search where the full one is not the point
 
 
-
-
 def stored(root: Path, split: str) -> tuple[list[str], list[str], np.ndarray]:
     """(ids, label names, vectors) of a split, read with lancedb directly and sorted by id."""
     table = lancedb.connect(str(root / NAME / "db")).open_table("images")
-    rows = sorted(table.search().where(f"deleted = false AND split = '{split}'").limit(None).to_arrow().to_pylist(), key=lambda r: r["id"])
-    return [r["id"] for r in rows], [r["label_name"] for r in rows], np.array([r["vector"] for r in rows], dtype=np.float32)
+    rows = sorted(
+        table.search().where(f"deleted = false AND split = '{split}'").limit(None).to_arrow().to_pylist(),
+        key=lambda r: r["id"],
+    )
+    return (
+        [r["id"] for r in rows],
+        [r["label_name"] for r in rows],
+        np.array([r["vector"] for r in rows], dtype=np.float32),
+    )
 
 
 def arrays(root: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +89,9 @@ def independent_c_search(train: tuple, val: tuple) -> tuple[float, dict[float, f
 
     def accuracy(i: int) -> float:
         if i not in accuracies:
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=grid[i], max_iter=1000)).fit(train[0].astype(np.float64), train[1])
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=grid[i], max_iter=1000)).fit(
+                train[0].astype(np.float64), train[1]
+            )
             accuracies[i] = float((model.predict(val[0].astype(np.float64)) == val[1]).mean())
         return accuracies[i]
 
@@ -141,8 +148,13 @@ def test_probe_train_and_eval_never_decode_or_encode_an_image(root, monkeypatch)
     def refuse(*args, **kwargs):
         raise AssertionError("an image was decoded or encoded")
 
-    for target, attribute in ((PIL.Image, "open"), (images, "decode_image"), (images, "open_uri"),
-                              (Encoder, "encode_images"), (Encoder, "encode_image_tensors")):
+    for target, attribute in (
+        (PIL.Image, "open"),
+        (images, "decode_image"),
+        (images, "open_uri"),
+        (Encoder, "encode_images"),
+        (Encoder, "encode_image_tensors"),
+    ):
         monkeypatch.setattr(target, attribute, refuse)
     texts = []
     encode_texts = Encoder.encode_texts
@@ -158,35 +170,100 @@ def test_probe_train_and_eval_never_decode_or_encode_an_image(root, monkeypatch)
 
 
 def test_shots_pick_exactly_k_per_class_the_same_for_the_same_seed(root, classes):
-    first = run_json("probe", "train", NAME, "--kind", "linear", "--shots", "3", "--seed", "5", "--out", root / "a.safetensors", "--root", root)
-    again = run_json("probe", "train", NAME, "--kind", "linear", "--shots", "3", "--seed", "5", "--out", root / "b.safetensors", "--root", root)
-    other = run_json("probe", "train", NAME, "--kind", "linear", "--shots", "3", "--seed", "6", "--out", root / "c.safetensors", "--root", root)
+    first = run_json(
+        "probe",
+        "train",
+        NAME,
+        "--kind",
+        "linear",
+        "--shots",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        root / "a.safetensors",
+        "--root",
+        root,
+    )
+    again = run_json(
+        "probe",
+        "train",
+        NAME,
+        "--kind",
+        "linear",
+        "--shots",
+        "3",
+        "--seed",
+        "5",
+        "--out",
+        root / "b.safetensors",
+        "--root",
+        root,
+    )
+    other = run_json(
+        "probe",
+        "train",
+        NAME,
+        "--kind",
+        "linear",
+        "--shots",
+        "3",
+        "--seed",
+        "6",
+        "--out",
+        root / "c.safetensors",
+        "--root",
+        root,
+    )
 
     ids, names, _ = stored(root, "train")
     label_of = dict(zip(ids, names))
     picked = [label_of[i] for i in first["shot_ids"]]  # KeyError if a pick is not a train image
     assert sorted(picked) == sorted(classes * 3) and len(set(first["shot_ids"])) == 75
     assert first["n_train"] == 75 and set(first["train_counts"].values()) == {3}
-    assert again["shot_ids"] == first["shot_ids"] and again["C"] == first["C"] and again["c_search"] == first["c_search"]
+    assert (
+        again["shot_ids"] == first["shot_ids"] and again["C"] == first["C"] and again["c_search"] == first["c_search"]
+    )
     assert other["shot_ids"] != first["shot_ids"]
-    assert load_file(str(root / "a.safetensors"))["coef"].tobytes() == load_file(str(root / "b.safetensors"))["coef"].tobytes()
+    assert (
+        load_file(str(root / "a.safetensors"))["coef"].tobytes()
+        == load_file(str(root / "b.safetensors"))["coef"].tobytes()
+    )
 
 
 # -- acceptance check 5: determinism ----------------------------------------------------------
 
 
 def test_same_seed_gives_the_same_probe_and_metrics(root):
-    runs = [run_json("probe", "train", NAME, "--kind", "mlp", *FAST, "--seed", "3", "--out", root / f"m{i}.safetensors", "--root", root)
-            for i in range(2)]
-    other = run_json("probe", "train", NAME, "--kind", "mlp", *FAST, "--seed", "4", "--out", root / "m9.safetensors", "--root", root)
+    runs = [
+        run_json(
+            "probe",
+            "train",
+            NAME,
+            "--kind",
+            "mlp",
+            *FAST,
+            "--seed",
+            "3",
+            "--out",
+            root / f"m{i}.safetensors",
+            "--root",
+            root,
+        )
+        for i in range(2)
+    ]
+    other = run_json(
+        "probe", "train", NAME, "--kind", "mlp", *FAST, "--seed", "4", "--out", root / "m9.safetensors", "--root", root
+    )
 
     assert runs[0]["validation"] == runs[1]["validation"] and runs[0]["history"] == runs[1]["history"]
     assert runs[0]["history"] != other["history"]
     weights = [load_file(str(root / f"m{i}.safetensors")) for i in range(2)]
     assert all(weights[0][key].tobytes() == weights[1][key].tobytes() for key in weights[0])
     evals = [run_json("probe", "eval", NAME, root / f"m{i}.safetensors", "--root", root) for i in range(2)]
-    assert {k: v for k, v in evals[0].items() if k not in ("seconds", "probe", "outputs")} == \
-           {k: v for k, v in evals[1].items() if k not in ("seconds", "probe", "outputs")}
+    assert {k: v for k, v in evals[0].items() if k not in ("seconds", "probe", "outputs")} == {
+        k: v for k, v in evals[1].items() if k not in ("seconds", "probe", "outputs")
+    }
 
 
 # -- the joint head starts at zero-shot ------------------------------------------------------
@@ -194,10 +271,14 @@ def test_same_seed_gives_the_same_probe_and_metrics(root):
 
 def test_joint_head_starts_exactly_at_zero_shot_and_never_ends_below_it_on_val(root, classes, tiny_encoder):
     meta = run_json("probe", "train", NAME, "--kind", "joint", *FAST, "--root", root)
-    untrained = run_json("probe", "train", NAME, "--kind", "joint", "--max-epochs", "0", "--out", root / "zs.safetensors", "--root", root)
+    untrained = run_json(
+        "probe", "train", NAME, "--kind", "joint", "--max-epochs", "0", "--out", root / "zs.safetensors", "--root", root
+    )
 
     assert meta["templates"] == "shapes"  # the shapes dataset's own templates, found from the index
-    prototypes = open_clip.build_zero_shot_classifier(tiny_encoder.model, tiny_encoder.tokenizer, classes, SHAPES_TEMPLATES, device="cpu").numpy()
+    prototypes = open_clip.build_zero_shot_classifier(
+        tiny_encoder.model, tiny_encoder.tokenizer, classes, template_set("shapes"), device="cpu"
+    ).numpy()
     val_vectors, val_labels = arrays(root, "val", classes)
     zero_shot_val = float(((val_vectors @ prototypes).argmax(axis=1) == val_labels).mean())
     assert meta["history"][0]["val_top1"] == pytest.approx(zero_shot_val)  # epoch 0 = the zero-shot head
@@ -237,7 +318,9 @@ def test_apply_writes_searchable_probe_labels(root):
     hits = run_json("search", NAME, "a red circle", "-k", "600", "--where", f"probe_label = '{label}'", "--root", root)
     assert len(hits) == result["counts"][label] and all(h["probe_label"] == label for h in hits)
     manifest = json.loads((root / NAME / "manifest.json").read_text())
-    assert manifest["ann"]["table_version"] == table.version != manifest_before["ann"]["table_version"]  # FAISS kept, not rebuilt
+    assert (
+        manifest["ann"]["table_version"] == table.version != manifest_before["ann"]["table_version"]
+    )  # FAISS kept, not rebuilt
 
 
 # -- eval compare: four rows, each equal to its own evaluation -------------------------------------
@@ -250,23 +333,33 @@ def test_eval_compare_puts_zero_shot_and_the_three_probes_side_by_side(root, cla
 
     assert list(result["methods"]) == ["zero-shot", "linear", "mlp", "joint"]
     assert result["trained"] == ["linear"] and result["class_names"] == classes and result["n"] == 50
-    prototypes = open_clip.build_zero_shot_classifier(tiny_encoder.model, tiny_encoder.tokenizer, classes, SHAPES_TEMPLATES, device="cpu").numpy()
+    prototypes = open_clip.build_zero_shot_classifier(
+        tiny_encoder.model, tiny_encoder.tokenizer, classes, template_set("shapes"), device="cpu"
+    ).numpy()
     test_vectors, test_labels = arrays(root, "test", classes)
     zero_shot = result["methods"]["zero-shot"]
     assert zero_shot["top1"] == pytest.approx(float(((test_vectors @ prototypes).argmax(axis=1) == test_labels).mean()))
     for kind in ("linear", "mlp", "joint"):
         alone = run_json("probe", "eval", NAME, kind, "--root", root)
-        assert {k: result["methods"][kind][k] for k in ("top1", "top5", "mean_per_class_recall", "per_class")} == \
-               {k: alone[k] for k in ("top1", "top5", "mean_per_class_recall", "per_class")}
+        assert {k: result["methods"][kind][k] for k in ("top1", "top5", "mean_per_class_recall", "per_class")} == {
+            k: alone[k] for k in ("top1", "top5", "mean_per_class_recall", "per_class")
+        }
     assert result["methods"]["linear"]["top1"] > zero_shot["top1"]  # even random tiny features carry colour
 
     code, stdout, stderr = run_cli("eval", "compare", NAME, "--root", root)  # all three reused now
     assert code == 0 and "probes trained now: none" in stderr
     header = next(line for line in stdout.splitlines() if "zero-shot" in line)
-    assert [word for word in ("zero-shot", "linear", "mlp", "joint") if word in header] == ["zero-shot", "linear", "mlp", "joint"]
+    assert [word for word in ("zero-shot", "linear", "mlp", "joint") if word in header] == [
+        "zero-shot",
+        "linear",
+        "mlp",
+        "joint",
+    ]
     top1 = next(line for line in stdout.splitlines() if "top-1" in line)
     assert f"{100 * zero_shot['top1']:.2f}" in top1 and f"{100 * result['methods']['linear']['top1']:.2f}" in top1
-    assert json.loads((root / NAME / "eval" / "compare-test" / "results.json").read_text())["methods"] == result["methods"]
+    assert (
+        json.loads((root / NAME / "eval" / "compare-test" / "results.json").read_text())["methods"] == result["methods"]
+    )
 
 
 # -- refusals -------------------------------------------------------------------------------
@@ -276,7 +369,11 @@ def test_a_probe_of_another_model_is_refused_in_one_line(root):
     run_json("probe", "train", NAME, "--kind", "linear", *FEW, "--root", root)
     shutil.copytree(root / NAME, root / "other")
     manifest = json.loads((root / "other" / "manifest.json").read_text())
-    manifest["model"] = {"arch": "mini", "pretrained": "none", "checkpoint_sha256": None}  # as if built with another model
+    manifest["model"] = {
+        "arch": "mini",
+        "pretrained": "none",
+        "checkpoint_sha256": None,
+    }  # as if built with another model
     (root / "other" / "manifest.json").write_text(json.dumps(manifest))
     probe = root / NAME / "probes" / "linear.safetensors"
 
@@ -286,12 +383,15 @@ def test_a_probe_of_another_model_is_refused_in_one_line(root):
         assert stderr.strip().count("\n") == 0 and "tiny@random-seed0" in stderr and "mini@random-seed0" in stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["probe", "train", NAME, "--kind", "svm"], "unknown probe kind"),
-    (["probe", "train", NAME, "--kind", "linear", "--shots", "0"], "--shots must be at least 1"),
-    (["probe", "train", NAME, "--kind", "linear", "--val-split", "dev"], "no images in split 'dev'"),
-    (["probe", "eval", NAME, "nope"], "no probe 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["probe", "train", NAME, "--kind", "svm"], "unknown probe kind"),
+        (["probe", "train", NAME, "--kind", "linear", "--shots", "0"], "--shots must be at least 1"),
+        (["probe", "train", NAME, "--kind", "linear", "--val-split", "dev"], "no images in split 'dev'"),
+        (["probe", "eval", NAME, "nope"], "no probe 'nope'"),
+    ],
+)
 def test_user_errors_are_one_line(root, args, message):
     code, _, stderr = run_cli(*args, "--root", root)
     assert code == 1 and message in stderr and stderr.strip().count("\n") == 0
@@ -305,8 +405,10 @@ def test_cifar100_raw_names_map_to_the_label_set(tmp_path, tiny_encoder):
     index = Index.create("c100", tmp_path / "indexes", encoder=tiny_encoder)
     index.add_dataset("cifar100", split="all", data_dir=archive, workers=0, progress=False)
 
-    meta = run_json("probe", "train", "c100", "--kind", "linear", "--labels", "cifar100", "--root", tmp_path / "indexes")
-    assert meta["class_names"] == list(CIFAR100_CLASSNAMES[:4])  # "aquarium fish" for the stored "aquarium_fish"
+    meta = run_json(
+        "probe", "train", "c100", "--kind", "linear", "--labels", "cifar100", "--root", tmp_path / "indexes"
+    )
+    assert meta["class_names"] == resolve_labels("cifar100")[:4]  # "aquarium fish" for the stored "aquarium_fish"
     assert len(meta["classes_without_images"]) == 96
     train_rows = index.rows("split = 'train'", ["label_name"]).column("label_name").to_pylist()
     assert meta["n_train"] == len(train_rows) and "aquarium_fish" in train_rows

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from cli_runner import run_cli
 from caption_fixture import (
     brute_force_recall,
     karpathy_image,
@@ -19,12 +18,13 @@ from caption_fixture import (
     write_image,
     write_karpathy,
 )
+from cli_runner import run_cli
 from PIL import Image
 
 from clipsearch.index.index import Index
-from clipsearch.tasks.retrieval import report_from_vectors
-from clipsearch.sources.shapes import generate_shapes
 from clipsearch.index.store import CAPTIONS, IMAGES, captions_schema, rows_to_table, sql_in
+from clipsearch.sources.shapes import generate_shapes
+from clipsearch.tasks.retrieval import report_from_vectors
 
 KS = (1, 5, 10)
 N_TEST, N_TRAIN, N_DELETED = 500, 10, 3
@@ -68,7 +68,9 @@ def test_json_shape_and_files(flickr500, tmp_path) -> None:
         assert all(isinstance(v, float) for v in report[direction].values())
     assert isinstance(report["n_images"], int) and isinstance(report["n_captions"], int)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert {k: saved[k] for k in ("text_to_image", "image_to_text")} == {k: report[k] for k in ("text_to_image", "image_to_text")}
+    assert {k: saved[k] for k in ("text_to_image", "image_to_text")} == {
+        k: report[k] for k in ("text_to_image", "image_to_text")
+    }
     for direction, curve in saved["curves"].items():
         assert len(curve) == 50 and curve == sorted(curve)
         assert [curve[k - 1] for k in KS] == [saved[direction][f"R@{k}"] for k in KS]
@@ -104,7 +106,9 @@ def test_user_errors_are_one_line(flickr500, tmp_path, tiny_encoder) -> None:
 
     for i in range(2):
         write_image(tmp_path / "plain" / f"{i}.png", seed=i)
-    Index.create("plain", tmp_path / "indexes", encoder=tiny_encoder).add_folder(tmp_path / "plain", workers=0, progress=False)
+    Index.create("plain", tmp_path / "indexes", encoder=tiny_encoder).add_folder(
+        tmp_path / "plain", workers=0, progress=False
+    )
     code, _, stderr = run_cli("eval", "retrieval", "plain", "--root", tmp_path / "indexes", "--split", "all")
     assert code == 1 and "has no captions for its 2 images" in stderr
 
@@ -115,9 +119,23 @@ def test_folder_with_a_captions_file_and_uncaptioned_images(tmp_path) -> None:
     for i in range(7):
         write_image(folder / f"{i}.png", seed=i)
     captions_file = tmp_path / "mine.csv"  # not in the folder; images 5 and 6 have no captions
-    captions_file.write_text("file,caption\n" + "".join(f"photos/{i}.png,{t}\n" for i, ts in enumerate(texts) for t in ts))
-    code, _, stderr = run_cli("index", folder, "--captions", captions_file, "--name", "p",
-                              "--model", "tiny", "--pretrained", "none", "--workers", "0")
+    captions_file.write_text(
+        "file,caption\n" + "".join(f"photos/{i}.png,{t}\n" for i, ts in enumerate(texts) for t in ts)
+    )
+    code, _, stderr = run_cli(
+        "index",
+        folder,
+        "--captions",
+        captions_file,
+        "--name",
+        "p",
+        "--model",
+        "tiny",
+        "--pretrained",
+        "none",
+        "--workers",
+        "0",
+    )
     assert code == 0, stderr
 
     code, stdout, stderr = run_cli("eval", "retrieval", "p", "--split", "all", "--json", "--out", tmp_path / "out")
@@ -138,10 +156,25 @@ def test_one_to_seven_captions_per_image_through_the_index(tmp_path) -> None:
     for i, name in enumerate(names):
         write_image(tmp_path / "data" / "val2014" / name, seed=i)
     texts = random_captions(counts, seed=3)
-    write_karpathy(tmp_path / "data" / "dataset_coco.json",
-                   [karpathy_image(n, "test", t, "val2014") for n, t in zip(names, texts)], "coco")
-    code, _, stderr = run_cli("index", "coco", "--data-dir", tmp_path / "data", "--name", "c7",
-                              "--model", "tiny", "--pretrained", "none", "--workers", "0")
+    write_karpathy(
+        tmp_path / "data" / "dataset_coco.json",
+        [karpathy_image(n, "test", t, "val2014") for n, t in zip(names, texts)],
+        "coco",
+    )
+    code, _, stderr = run_cli(
+        "index",
+        "coco",
+        "--data-dir",
+        tmp_path / "data",
+        "--name",
+        "c7",
+        "--model",
+        "tiny",
+        "--pretrained",
+        "none",
+        "--workers",
+        "0",
+    )
     assert code == 0, stderr
 
     index = Index.open("c7")
@@ -153,7 +186,8 @@ def test_one_to_seven_captions_per_image_through_the_index(tmp_path) -> None:
     index.store.update_columns(IMAGES, images)
     captions = table_rows(index.store.path, CAPTIONS)
     assert sorted((r["image_id"], r["caption_index"]) for r in captions) == sorted(
-        (image_id, c) for image_id, i in row_of.items() for c in range(counts[i]))
+        (image_id, c) for image_id, i in row_of.items() for c in range(counts[i])
+    )
     for row in captions:
         i = row_of[row["image_id"]]
         last = row["caption_index"] == counts[i] - 1

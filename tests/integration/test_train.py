@@ -9,18 +9,27 @@ import json
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
-
-from clipsearch.index.index import Index
-from clipsearch.model.spec import ModelSpec
-from clipsearch.model.checkpoints import load_state_dict
-from clipsearch.errors import ClipsearchError
-from clipsearch.sources.shapes import class_names, generate_shapes
-from clipsearch.index.store import CAPTIONS
-from clipsearch.training.loop import TrainConfig, build_trainable, chance_levels, contrastive_backward, derived_seed, is_decay_exempt, make_optimizer, train
-from clipsearch.training.data import load_training_data
+from caption_fixture import table_rows, write_flickr8k
+from cifar_fixture import make_cifar_archive
 from cli_runner import run_cli
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.index.index import Index
+from clipsearch.index.store import CAPTIONS
+from clipsearch.model.checkpoints import load_state_dict
+from clipsearch.model.encoder import Encoder
+from clipsearch.model.spec import ModelSpec
+from clipsearch.sources.shapes import class_names, generate_shapes
+from clipsearch.tasks.retrieval import evaluate_retrieval
+from clipsearch.tasks.zeroshot_eval import evaluate_zero_shot
+from clipsearch.training.config import TrainConfig
+from clipsearch.training.data import load_training_data
+from clipsearch.training.loop import derived_seed, train
+from clipsearch.training.optim import build_trainable, contrastive_backward, is_decay_exempt, make_optimizer
+from clipsearch.training.validate import chance_levels
 
 # 320 train / 40 val / 40 test images of 32 px: a few seconds per epoch with the tiny model.
 N_IMAGES = 400
@@ -28,7 +37,6 @@ SIZE = 32
 ARCH = "tiny-rn"  # the small CNN CLIP the demo trains
 FAST = dict(arch=ARCH, batch_size=32, lr=5e-3, workers=0)
 SHORT_EPOCHS = 6  # 60 optimizer steps: recall@5 goes from chance to several times chance
-
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,11 @@ def test_captions_sidecar_reaches_the_index(shapes: Path, tmp_path: Path, tiny_e
     assert sorted(row["id"] for row in rows) == sorted(records)
     for row in rows:
         record = records[row["id"]]
-        assert (row["captions"], row["label_name"], row["split"]) == (record["captions"], record["label"], record["split"])
+        assert (row["captions"], row["label_name"], row["split"]) == (
+            record["captions"],
+            record["label"],
+            record["split"],
+        )
 
     table = index.store.scan(CAPTIONS, ["image_id", "caption_index", "caption", "vector"]).to_pylist()
     assert len(table) == sum(len(r["captions"]) for r in records.values())
@@ -113,8 +125,14 @@ def test_short_run_beats_the_untrained_model(trained) -> None:
         before, after = untrained[f"val_{direction}_R@5"], final[f"val_{direction}_R@5"]
         assert after >= 2 * before and after >= before + 0.2, (direction, before, after)
     assert result.chance["t2i_R@5"] == pytest.approx(5 / 40)
-    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "curves.png", "best.safetensors",
-                                              "last.safetensors", "last.state.pt"}
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "metrics.jsonl",
+        "curves.png",
+        "best.safetensors",
+        "last.safetensors",
+        "last.state.pt",
+    }
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all({"step", "loss", "lr", "samples_per_s"} <= set(r) for r in rows if "loss" in r)
     config = json.loads((out / "config.json").read_text())
@@ -124,13 +142,10 @@ def test_short_run_beats_the_untrained_model(trained) -> None:
 
 def test_validation_numbers_match_an_index_of_the_checkpoint(trained, shapes: Path, tmp_path: Path) -> None:
     """The trainer's validation and `eval retrieval` / `eval zeroshot` agree on the val split."""
-    from clipsearch.tasks.zeroshot_eval import evaluate_zero_shot
-    from clipsearch.tasks.retrieval import evaluate_retrieval
-
     out, result = trained
     index = Index.create("val", tmp_path, model=ARCH, pretrained=str(out / "best.safetensors"))
     index.add_folder(shapes, exclude=["train", "test"], workers=0, progress=False)
-    retrieval, _ = evaluate_retrieval(index, "val", out_dir=tmp_path / "r")
+    retrieval = evaluate_retrieval(index, "val")
     zero_shot, _ = evaluate_zero_shot(index, "shapes", split="val")
     best = result.best_metrics
     for k in (1, 5, 10):
@@ -144,8 +159,21 @@ def test_checkpoint_indexes_and_searches_through_the_cli(trained, shapes: Path, 
     out, _ = trained
     checkpoint = out / "best.safetensors"
     root = tmp_path / "idx"
-    code, _, err = run_cli("index", shapes, "--name", "s", "--model", ARCH, "--pretrained", checkpoint,
-                           "--workers", "0", "--root", root, "--json")
+    code, _, err = run_cli(
+        "index",
+        shapes,
+        "--name",
+        "s",
+        "--model",
+        ARCH,
+        "--pretrained",
+        checkpoint,
+        "--workers",
+        "0",
+        "--root",
+        root,
+        "--json",
+    )
     assert code == 0, err
     code, stdout, err = run_cli("search", "s", "a red circle", "-k", "5", "--json", "--root", root)
     assert code == 0, err
@@ -169,9 +197,13 @@ def test_resume_continues_exactly(small_shapes: Path, tmp_path: Path) -> None:
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
     assert resumed.last_metrics == pytest.approx(whole.last_metrics)
-    rows = lambda run: [json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("samples_per_s", "epoch_seconds")}  # noqa: E731
-    split_rows, whole_rows = [strip(r) for r in rows("split")], [strip(r) for r in rows("whole")]
+
+    def rows(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        timings = ("samples_per_s", "epoch_seconds")
+        return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in lines]
+
+    split_rows, whole_rows = rows("split"), rows("whole")
     assert len(split_rows) == len(whole_rows)
     for resumed_row, whole_row in zip(split_rows, whole_rows):
         assert resumed_row == pytest.approx(whole_row, rel=1e-5)
@@ -192,8 +224,6 @@ def test_accumulation_equals_one_big_batch() -> None:
     normalise each micro-batch by its own statistics in training mode (in
     open_clip too), so for them the identity holds only approximately.
     """
-    import open_clip
-
     spec = ModelSpec.resolve("tiny", "none")
     images, texts = _batch(64, seed=3, context=32)
     results = []
@@ -235,13 +265,29 @@ def test_per_sample_seeds_are_stable_and_distinct() -> None:
 
 def test_shapes_and_train_commands(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    code, stdout, err = run_cli("shapes", data, "--n", 200, "--size", 32, "--seed", 2,
-                                "--holdout", "red star,green cross", "--json")
+    code, stdout, err = run_cli(
+        "shapes", data, "--n", 200, "--size", 32, "--seed", 2, "--holdout", "red star,green cross", "--json"
+    )
     assert code == 0, err
     assert json.loads(stdout)["holdout"] == ["red star", "green cross"]
     run = tmp_path / "run"
-    code, stdout, err = run_cli("train", data, "--arch", ARCH, "--epochs", 1, "--batch-size", 32,
-                                "--accum-steps", 2, "--workers", 0, "--out", run, "--json")
+    code, stdout, err = run_cli(
+        "train",
+        data,
+        "--arch",
+        ARCH,
+        "--epochs",
+        1,
+        "--batch-size",
+        32,
+        "--accum-steps",
+        2,
+        "--workers",
+        0,
+        "--out",
+        run,
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["epochs_done"] == 1 and Path(summary["checkpoints"]["best"]).is_file()
@@ -253,8 +299,6 @@ def test_shapes_and_train_commands(tmp_path: Path) -> None:
 
 
 def test_flickr8k_files_become_train_and_val_examples(tmp_path: Path) -> None:
-    from caption_fixture import write_flickr8k
-
     written = write_flickr8k(tmp_path / "flickr", {"train": 6, "val": 3, "test": 2}, captions_per_image=5)
     data = load_training_data("flickr8k", tmp_path / "flickr")
     by_name = {Path(e.uri).name: e for e in data.train + data.val}
@@ -267,15 +311,14 @@ def test_flickr8k_files_become_train_and_val_examples(tmp_path: Path) -> None:
 
 
 def test_cifar_trains_on_class_prompts(tmp_path: Path) -> None:
-    from cifar_fixture import make_cifar_archive
-
     make_cifar_archive(tmp_path, "cifar10", n_train_per_class=20, n_test_per_class=1)
     data = load_training_data("cifar10", tmp_path)
     assert (len(data.train), len(data.val)) == (180, 20) and data.captions_are_prompts
     airplane = next(e for e in data.train if e.label == "airplane")
     assert "a photo of a airplane." in airplane.captions and len(airplane.captions) == 18
-    result = train(TrainConfig(data="cifar10", data_dir=str(tmp_path), out=str(tmp_path / "run"), epochs=1, **FAST),
-                   progress=False)
+    result = train(
+        TrainConfig(data="cifar10", data_dir=str(tmp_path), out=str(tmp_path / "run"), epochs=1, **FAST), progress=False
+    )
     assert set(result.last_metrics) == {"zs_top1"}  # identical prompts make retrieval meaningless
     assert result.best_epoch == 1 and result.chance["zs_top1"] == pytest.approx(0.1)
 
@@ -285,14 +328,37 @@ def test_mini_trains_one_epoch_and_its_checkpoint_searches(tmp_path: Path) -> No
     data = tmp_path / "shapes"
     generate_shapes(data, n=100, size=64, seed=5)
     run = tmp_path / "mini"
-    code, stdout, err = run_cli("train", data, "--arch", "mini", "--epochs", 1, "--batch-size", 16,
-                                "--workers", 0, "--out", run, "--json")
+    code, stdout, err = run_cli(
+        "train", data, "--arch", "mini", "--epochs", 1, "--batch-size", 16, "--workers", 0, "--out", run, "--json"
+    )
     assert code == 0, err
     assert json.loads(stdout)["epochs_done"] == 1
     root = tmp_path / "idx"
-    code, _, err = run_cli("index", data, "--name", "m", "--model", "mini", "--pretrained",
-                           run / "best.safetensors", "--workers", 0, "--root", root, "--json")
+    code, _, err = run_cli(
+        "index",
+        data,
+        "--name",
+        "m",
+        "--model",
+        "mini",
+        "--pretrained",
+        run / "best.safetensors",
+        "--workers",
+        0,
+        "--root",
+        root,
+        "--json",
+    )
     assert code == 0, err
     code, stdout, err = run_cli("search", "m", "a blue square", "-k", "3", "--json", "--root", root)
     assert code == 0, err
-    assert len(json.loads(stdout)) == 3
+    hits = json.loads(stdout)
+    # The same top 3 as a brute-force ranking of the stored vectors against the checkpoint's text vector.
+    stored = [row for row in table_rows(root / "m", "images") if not row["deleted"]]
+    assert len(stored) == 100
+    vectors = np.array([row["vector"] for row in stored], np.float32)
+    query = Encoder.load("mini", str(run / "best.safetensors")).encode_texts(["a blue square"])[0]
+    scores = vectors @ query
+    best = np.argsort(-scores, kind="stable")[:3]
+    assert [hit["id"] for hit in hits] == [stored[i]["id"] for i in best]
+    assert [hit["score"] for hit in hits] == pytest.approx(scores[best].tolist(), abs=1e-5)

@@ -11,19 +11,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 from rich.console import Console
 
-from cli_runner import run_cli
-
-from clipsearch.index.index import Index
 from clipsearch.errors import ClipsearchError
+from clipsearch.index.index import Index
+from clipsearch.index.store import vectors_of
 from clipsearch.sources.images import open_uri
 from clipsearch.sources.shapes import generate_shapes
-from clipsearch.index.store import vectors_of
-from clipsearch.tui.app import (
-    HelpScreen, UPPER_HALF_BLOCK, Query, SearchApp, half_block_strips, hit_details, hit_label, viewer_command, warm_model,
+from clipsearch.tui.actions import (
+    Query,
+    clean_query_text,
+    describe_error,
+    export_results,
+    run_query,
+    viewer_command,
+    warm_model,
 )
+from clipsearch.tui.app import SearchApp
+from clipsearch.tui.render import UPPER_HALF_BLOCK, details_table, half_block_strips, hit_details, hit_label
+from clipsearch.tui.widgets import HelpScreen
 
 SIZE = (120, 36)
 TIMEOUT = 60  # seconds; only reached when something is broken
@@ -120,6 +128,45 @@ def test_labels_and_details_show_every_annotation_that_is_set(shapes_index: Inde
     assert ("size", f"{hit.row['size']:,} bytes") in fields and ("path", hit.uri) in fields
 
 
+# -- the actions, without a terminal ---------------------------------------------------
+def test_run_query_answers_what_index_search_answers(shapes_index: Index) -> None:
+    hits, seconds = run_query(shapes_index, Query(text="a red circle", where="split = 'test'", k=4))
+    assert ids(hits) == ids(shapes_index.search("a red circle", k=4, where="split = 'test'")) and seconds > 0
+
+    row = shapes_index.rows("split = 'val'", ["id", "vector"]).slice(0, 1)
+    image_id, stored = row.column("id")[0].as_py(), vectors_of(row)[0]
+    like, _ = run_query(shapes_index, Query(like=image_id, k=5))
+    assert ids(like) == ids(shapes_index.search(vector=stored, k=5)) and like[0].id == image_id
+    with pytest.raises(ClipsearchError):
+        run_query(shapes_index, Query(like="no/such/image.png", k=5))
+
+
+def test_query_text_is_trimmed_and_a_pasted_quoted_path_unwrapped(tmp_path: Path) -> None:
+    picture = tmp_path / "my photo.png"
+    Image.new("RGB", (4, 4)).save(picture)
+    assert clean_query_text(f"  '{picture}' ") == str(picture)
+    assert clean_query_text(f'"{picture}"') == str(picture)
+    assert clean_query_text("'a dog'") == "'a dog'"  # quotes of a text query are the user's
+    assert clean_query_text("  a dog \n") == "a dog"
+
+
+def test_errors_are_one_line_and_name_their_kind_unless_they_are_the_users() -> None:
+    assert describe_error(ClipsearchError("unknown index 'x'")) == "unknown index 'x'"
+    assert describe_error(ValueError("bad value\ntraceback-ish detail")) == "ValueError: bad value"
+    assert describe_error(RuntimeError()) == "RuntimeError"
+
+
+def test_details_table_and_an_empty_export(shapes_index: Index, tmp_path: Path) -> None:
+    [hit] = shapes_index.search("a cross", k=1)
+    shown = shown_text(details_table(hit_details(hit)))
+    assert all(name in shown and value in shown for name, value in hit_details(hit))
+    with pytest.raises(ClipsearchError, match="no results to export"):
+        export_results([], tmp_path / "x.json", "nothing")
+    assert not (tmp_path / "x.json").exists()
+    written = export_results([hit], tmp_path / "one.json", "one")
+    assert json.loads(written.read_text()) == json.loads(json.dumps([hit.to_dict()]))
+
+
 # -- the acceptance checks --------------------------------------------------------------
 def test_query_preview_and_more_like_this_match_index_search(shapes_index: Index) -> None:
     loads: list[Index] = []
@@ -183,7 +230,9 @@ def test_a_bad_filter_is_shown_and_the_app_stays_usable(shapes_index: Index, tmp
 
             await pilot.press("plus")  # k+ re-runs the last query
             await settle(app, pilot)
-            assert app.k == 6 and listed_ids(app) == ids(shapes_index.search("a green star", k=6, where="split = 'test'"))
+            assert app.k == 6 and listed_ids(app) == ids(
+                shapes_index.search("a green star", k=6, where="split = 'test'")
+            )
 
             picture = shapes_index.rows("split = 'val'", ["uri"]).column("uri")[0].as_py()
             await type_into(pilot, "#where", "", submit=False, paste=True)
@@ -226,7 +275,9 @@ def test_a_query_typed_while_the_model_loads_is_answered_when_it_is_ready(shapes
 
 
 # -- actions ----------------------------------------------------------------------------
-def test_copy_open_and_export_act_on_the_selected_hit(shapes_index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_copy_open_and_export_act_on_the_selected_hit(
+    shapes_index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     viewer_bin = tmp_path / "bin"
     viewer_bin.mkdir()
     opened = tmp_path / "opened.txt"
@@ -324,6 +375,7 @@ def test_an_index_that_cannot_be_opened_ends_the_app_with_its_message() -> None:
 
 
 # -- the command ------------------------------------------------------------------------
+
 
 def test_tui_command_opens_the_index_in_the_app(shapes_index: Index, tmp_path: Path, capsys, monkeypatch) -> None:
     seen = {}

@@ -5,6 +5,7 @@ from the LanceDB table directly, prototypes from open_clip.build_zero_shot_class
 import json
 import pickle
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,31 +15,40 @@ import open_clip
 import pytest
 import torch
 from cifar_fixture import make_cifar_archive
+from cli_runner import run_cli, run_json
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from clipsearch.tasks.corruptions import CORRUPTIONS, Corruption, parse_corruption
 from clipsearch.errors import ClipsearchError
-from clipsearch.tasks.zeroshot_eval import corrupted_vectors, inferred_labels
-from clipsearch.tasks.prompts import CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES, CIFAR_TEMPLATES, SHAPES_TEMPLATES, SIMPLE_TEMPLATES
 from clipsearch.sources.cifar import locate_cifar
 from clipsearch.sources.images import open_uri
 from clipsearch.sources.shapes import class_names as shapes_class_names
 from clipsearch.sources.shapes import generate_shapes
-from clipsearch.tasks.zeroshot import zero_shot_accuracy
-from cli_runner import run_cli, run_json
+from clipsearch.tasks.corruptions import CORRUPTIONS, Corruption, parse_corruption
+from clipsearch.tasks.metrics import classification_report
+from clipsearch.tasks.prompts import resolve_labels, template_set
+from clipsearch.tasks.zeroshot import zero_shot_accuracy, zero_shot_report
+from clipsearch.tasks.zeroshot_eval import corrupted_vectors, inferred_labels
+from clipsearch.training.validate import score_embeddings
 
 TINY = ["--model", "tiny", "--pretrained", "none"]
-
-
+CIFAR10_CLASSNAMES, CIFAR100_CLASSNAMES = resolve_labels("cifar10"), resolve_labels("cifar100")
+CIFAR_TEMPLATES, SIMPLE_TEMPLATES, SHAPES_TEMPLATES = (
+    template_set("cifar"),
+    template_set("simple"),
+    template_set("shapes"),
+)
 
 
 def stored(root: Path, name: str, where: str | None = None) -> dict:
     """Columns of an index's live images, read with lancedb directly (not through clipsearch)."""
     table = lancedb.connect(str(root / name / "db")).open_table("images")
     rows = table.search().where(f"deleted = false{f' AND {where}' if where else ''}").limit(None).to_arrow()
-    columns = {column: rows.column(column).to_pylist() for column in ("id", "uri", "label_name", "zs_label", "zs_score", "zs_labelset")}
+    columns = {
+        column: rows.column(column).to_pylist()
+        for column in ("id", "uri", "label_name", "zs_label", "zs_score", "zs_labelset")
+    }
     vectors = np.array(rows.column("vector").to_pylist(), dtype=np.float32)
     columns["vectors"] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     return columns
@@ -46,7 +56,9 @@ def stored(root: Path, name: str, where: str | None = None) -> dict:
 
 def open_clip_prototypes(encoder, class_names, templates) -> np.ndarray:
     """(dim, C) zero-shot weights straight from open_clip."""
-    weights = open_clip.build_zero_shot_classifier(encoder.model, encoder.tokenizer, list(class_names), list(templates), device="cpu")
+    weights = open_clip.build_zero_shot_classifier(
+        encoder.model, encoder.tokenizer, list(class_names), list(templates), device="cpu"
+    )
     return weights.numpy()
 
 
@@ -65,8 +77,30 @@ def cifar10_index(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cifar10")
     make_cifar_archive(tmp, "cifar10", n_train_per_class=1, n_test_per_class=100, seed=1)
     root = tmp / "indexes"
-    code, _, stderr = run_cli("index", "cifar10", "--name", "c10", "--split", "test", "--data-dir", tmp, "--root", root, "--workers", "0", *TINY)
+    code, _, stderr = run_cli(
+        "index",
+        "cifar10",
+        "--name",
+        "c10",
+        "--split",
+        "test",
+        "--data-dir",
+        tmp,
+        "--root",
+        root,
+        "--workers",
+        "0",
+        *TINY,
+    )
     assert code == 0, stderr
+    return root
+
+
+@pytest.fixture
+def fresh_cifar10_index(cifar10_index, tmp_path):
+    """A copy of the CIFAR-10 index for a test that writes to it, so no other test sees its labels."""
+    root = tmp_path / "indexes"
+    shutil.copytree(cifar10_index, root)
     return root
 
 
@@ -75,7 +109,9 @@ def cifar100_index(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cifar100")
     make_cifar_archive(tmp, "cifar100", n_train_per_class=1, n_test_per_class=2, seed=2)
     root = tmp / "indexes"
-    code, _, stderr = run_cli("index", "cifar100", "--name", "c100", "--data-dir", tmp, "--root", root, "--workers", "0", *TINY)
+    code, _, stderr = run_cli(
+        "index", "cifar100", "--name", "c100", "--data-dir", tmp, "--root", root, "--workers", "0", *TINY
+    )
     assert code == 0, stderr
     return root
 
@@ -99,7 +135,9 @@ def test_eval_zeroshot_equals_an_independent_computation_and_sklearn(cifar10_ind
         assert report["top5"] == topk_hits(scores, truth, 5)
         assert report["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(truth, predicted), abs=1e-12)
         assert np.array_equal(report["confusion"], sk_confusion_matrix(truth, predicted, labels=range(10)))
-        assert [c["accuracy"] for c in report["per_class"]] == pytest.approx(recall_score(truth, predicted, average=None, labels=range(10)))
+        assert [c["accuracy"] for c in report["per_class"]] == pytest.approx(
+            recall_score(truth, predicted, average=None, labels=range(10))
+        )
         assert [c["name"] for c in report["per_class"]] == list(CIFAR10_CLASSNAMES)
     assert all(result[key] == value for key, value in result["template_sets"]["cifar"].items())  # the first set on top
 
@@ -108,7 +146,9 @@ def test_eval_zeroshot_equals_an_independent_computation_and_sklearn(cifar10_ind
     assert json.loads((out / "results.json").read_text())["template_sets"] == result["template_sets"]
     for folder in (out, out / "cifar", out / "simple"):
         assert Image.open(folder / "confusion.png").format == "PNG"
-    assert json.loads((out / "simple" / "results.json").read_text())["top1"] == result["template_sets"]["simple"]["top1"]
+    assert (
+        json.loads((out / "simple" / "results.json").read_text())["top1"] == result["template_sets"]["simple"]["top1"]
+    )
 
 
 def test_eval_zeroshot_leaves_out_rows_outside_the_label_set_and_names_errors(cifar10_index, tiny_encoder):
@@ -118,7 +158,9 @@ def test_eval_zeroshot_leaves_out_rows_outside_the_label_set_and_names_errors(ci
     scores = rows["vectors"][kept] @ open_clip_prototypes(tiny_encoder, ["dog", "cat"], SIMPLE_TEMPLATES)
 
     assert (result["n"], result["excluded"], result["templates"]) == (200, 800, "simple")
-    assert result["top1"] == float(np.mean(scores.argmax(axis=1) == truth_of([rows["label_name"][i] for i in kept], ["dog", "cat"])))
+    assert result["top1"] == float(
+        np.mean(scores.argmax(axis=1) == truth_of([rows["label_name"][i] for i in kept], ["dog", "cat"]))
+    )
     for args, message in (
         (["--labels", "apple,pear"], "none of the 1000 images of split 'test' has a label in 'apple,pear'"),
         (["--split", "val"], "no images in split 'val' (splits: test;"),
@@ -139,7 +181,10 @@ def test_cifar100_labels_are_inferred_and_the_report_is_printed(cifar100_index, 
 
     assert code == 0, stderr
     assert (result["labels"], result["n"], len(result["per_class"])) == ("cifar100", 200, 100)
-    assert "lawn_mower" in rows["label_name"] and (result["per_class"][41]["name"], result["per_class"][41]["n"]) == ("lawn mower", 2)
+    assert "lawn_mower" in rows["label_name"] and (result["per_class"][41]["name"], result["per_class"][41]["n"]) == (
+        "lawn mower",
+        2,
+    )
     assert result["top1"] == float(np.mean(scores.argmax(axis=1) == truth))
     assert result["top5"] == topk_hits(scores, truth, 5)
     assert "mean per-class recall" in stdout and "lawn mower" in stdout and f"{100 * result['top1']:.2f}" in stdout
@@ -149,14 +194,14 @@ def test_cifar100_labels_are_inferred_and_the_report_is_printed(cifar100_index, 
 # -- classify -------------------------------------------------------------------------------
 
 
-def test_classify_writes_the_argmax_label_and_search_filters_on_it(cifar10_index, tiny_encoder):
-    before = stored(cifar10_index, "c10")
-    faiss_file = cifar10_index / "c10" / "images.faiss"
+def test_classify_writes_the_argmax_label_and_search_filters_on_it(fresh_cifar10_index, tiny_encoder):
+    before = stored(fresh_cifar10_index, "c10")
+    faiss_file = fresh_cifar10_index / "c10" / "images.faiss"
     faiss_mtime = faiss_file.stat().st_mtime_ns
 
-    result = run_json("classify", "c10", "--labels", "cifar10", "--root", cifar10_index)
+    result = run_json("classify", "c10", "--labels", "cifar10", "--root", fresh_cifar10_index)
 
-    after = stored(cifar10_index, "c10")
+    after = stored(fresh_cifar10_index, "c10")
     scores = after["vectors"] @ open_clip_prototypes(tiny_encoder, CIFAR10_CLASSNAMES, CIFAR_TEMPLATES)
     expected = [CIFAR10_CLASSNAMES[c] for c in scores.argmax(axis=1)]
     assert after["zs_label"] == expected
@@ -168,15 +213,17 @@ def test_classify_writes_the_argmax_label_and_search_filters_on_it(cifar10_index
     assert result["n"] == 1000 and result["counts"] == {name: expected.count(name) for name in result["counts"]}
     assert sum(result["counts"].values()) == 1000 and set(result["counts"]) == set(CIFAR10_CLASSNAMES)
 
-    manifest = json.loads((cifar10_index / "c10" / "manifest.json").read_text())
-    version = lancedb.connect(str(cifar10_index / "c10" / "db")).open_table("images").version
+    manifest = json.loads((fresh_cifar10_index / "c10" / "manifest.json").read_text())
+    version = lancedb.connect(str(fresh_cifar10_index / "c10" / "db")).open_table("images").version
     assert manifest["ann"]["table_version"] == version  # the FAISS file is still current: not rebuilt
     for label in {name for name in expected}:
-        hits = run_json("search", "c10", "a photo", "--where", f"zs_label = '{label}'", "-k", "1000", "--root", cifar10_index)
+        hits = run_json(
+            "search", "c10", "a photo", "--where", f"zs_label = '{label}'", "-k", "1000", "--root", fresh_cifar10_index
+        )
         assert sorted(hit["id"] for hit in hits) == sorted(i for i, name in zip(after["id"], expected) if name == label)
     assert faiss_file.stat().st_mtime_ns == faiss_mtime
 
-    code, stdout, _ = run_cli("classify", "c10", "--labels", "cifar10", "--root", cifar10_index)
+    code, stdout, _ = run_cli("classify", "c10", "--labels", "cifar10", "--root", fresh_cifar10_index)
     top_label, top_count = next(iter(result["counts"].items()))
     assert code == 0 and top_label in stdout and str(top_count) in stdout and "1000" in stdout
 
@@ -218,10 +265,24 @@ def test_eval_under_corruption_reencodes_the_corrupted_pixels_without_writing(ci
     version = lancedb.connect(str(cifar10_index / "c10" / "db")).open_table("images").version
     labels = ["airplane", "automobile", "deer"]  # classes whose random-model predictions this corruption changes
 
-    result = run_json("eval", "zeroshot", "c10", "--labels", ",".join(labels), "--corruption", "contrast:5", "--workers", "0", "--root", cifar10_index)
+    result = run_json(
+        "eval",
+        "zeroshot",
+        "c10",
+        "--labels",
+        ",".join(labels),
+        "--corruption",
+        "contrast:5",
+        "--workers",
+        "0",
+        "--root",
+        cifar10_index,
+    )
 
     rows = stored(cifar10_index, "c10", "label_name IN ('airplane', 'automobile', 'deer')")
-    corrupted = tiny_encoder.encode_images([Corruption("contrast", 5).apply(open_uri(uri), id_) for id_, uri in zip(rows["id"], rows["uri"])])
+    corrupted = tiny_encoder.encode_images(
+        [Corruption("contrast", 5).apply(open_uri(uri), id_) for id_, uri in zip(rows["id"], rows["uri"])]
+    )
     prototypes = open_clip_prototypes(tiny_encoder, labels, SIMPLE_TEMPLATES)
     scores, clean = corrupted @ prototypes, rows["vectors"] @ prototypes
     truth = truth_of(rows["label_name"], labels)
@@ -326,16 +387,53 @@ def test_eval_zeroshot_on_shapes_reports_the_shared_seen_and_held_out_accuracy(t
 
     rows = stored(root, "shapes", "split = 'test'")
     prototypes = open_clip_prototypes(tiny_encoder, shapes_class_names(), SHAPES_TEMPLATES).T
-    shared = zero_shot_accuracy(rows["vectors"], rows["label_name"], shapes_class_names(), prototypes, holdout=meta["holdout"])
+    shared = zero_shot_accuracy(
+        rows["vectors"], rows["label_name"], shapes_class_names(), prototypes, holdout=meta["holdout"]
+    )
+    trainer, _ = score_embeddings(  # what the trainer's validation logs for these vectors
+        rows["id"], rows["vectors"], rows["label_name"], None, None, shapes_class_names(), prototypes, meta["holdout"]
+    )
     assert (result["labels"], result["templates"], result["n"]) == ("shapes", "shapes", 30)
-    assert result["seen"]["n"] == 25 and result["held_out"]["n"] == 5 and result["held_out"]["classes"] == meta["holdout"]
-    assert result["seen"] == shared["seen"] and result["held_out"] == shared["held_out"] and result["top1"] == shared["top1"]
+    assert (
+        result["seen"]["n"] == 25 and result["held_out"]["n"] == 5 and result["held_out"]["classes"] == meta["holdout"]
+    )
+    assert (
+        result["seen"] == shared["seen"]
+        and result["held_out"] == shared["held_out"]
+        and result["top1"] == shared["top1"]
+    )
+    assert (trainer["zs_top1"], trainer["zs_seen_top1"], trainer["zs_heldout_top1"]) == (
+        result["top1"],
+        result["seen"]["top1"],
+        result["held_out"]["top1"],
+    )
+
+
+def test_trainer_and_eval_top1_are_one_computation_even_with_ties():
+    """zero_shot_accuracy (the trainer's) is zero_shot_report's top-1 (eval zeroshot's), ties included."""
+    rng = np.random.default_rng(1)
+    prototypes = rng.normal(size=(6, 8))
+    prototypes[3] = prototypes[1]  # identical classes: every image ties between them, the lower index wins
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+    truth = rng.integers(0, 6, size=300)
+    vectors = prototypes[truth] + rng.normal(scale=0.3, size=(300, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    class_names = [f"class {i}" for i in range(6)]
+    labels = [class_names[t] for t in truth]
+
+    trainer = zero_shot_accuracy(vectors, labels, class_names, prototypes)["top1"]
+    report = zero_shot_report(vectors, truth, class_names, prototypes)
+
+    expected = classification_report(vectors.astype(np.float32) @ prototypes.astype(np.float32).T, truth, class_names)
+    assert trainer == report["top1"] == expected["top1"]
+    assert report == expected
+    assert report["per_class"][3]["n"] > 0 and report["per_class"][3]["accuracy"] == 0.0  # it loses every tie to 1
 
 
 def test_labels_of_an_index_without_a_known_dataset_must_be_given():
     index = SimpleNamespace(name="photos", manifest={"sources": ["/home/me/Pictures"]})
 
-    with pytest.raises(ClipsearchError, match="cannot tell the classes of index 'photos'.*pass --labels"):
+    with pytest.raises(ClipsearchError, match=r"cannot tell the classes of index 'photos'.*pass --labels"):
         inferred_labels(index)
 
 
@@ -353,9 +451,13 @@ def test_index_refuses_a_hostile_cifar_pickle_in_one_line(tmp_path):
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({b"data": RunsCommand(), b"labels": [0]}, f, protocol=2)
 
-    code, stdout, stderr = run_cli("index", "cifar10", "--name", "evil", "--data-dir", folder, "--root", tmp_path / "indexes", *TINY)
+    code, stdout, stderr = run_cli(
+        "index", "cifar10", "--name", "evil", "--data-dir", folder, "--root", tmp_path / "indexes", *TINY
+    )
 
     assert code == 1 and "Traceback" not in stdout + stderr
     errors = [line for line in stderr.splitlines() if not line.startswith("warning:")]
-    assert len(errors) == 1 and re.fullmatch(r"error: \S+/test_batch refused: the file tries to load \w+\.exec, .*", errors[0])
+    assert len(errors) == 1 and re.fullmatch(
+        r"error: \S+/test_batch refused: the file tries to load \w+\.exec, .*", errors[0]
+    )
     assert not marker.exists()

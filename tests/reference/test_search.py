@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from clipsearch.index import ann
-from clipsearch.index.index import Index
-from clipsearch.errors import ClipsearchError
 from cli_runner import run_json
 from imagegen import distinct_image
+from PIL import Image
 from search_reference import assert_same_ranking, brute_force, combine, image_vector, live_rows, text_vector
+
+from clipsearch.errors import ClipsearchError
+from clipsearch.index import ann
+from clipsearch.index.index import Index
 
 N_IMAGES = 20
 WHERES = {  # SQL filter -> the same filter in Python, applied to the raw rows
@@ -41,7 +41,9 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = folder / _name(i)
         path.parent.mkdir(exist_ok=True)
         distinct_image(i, (40 + 3 * i, 40)).save(path, quality=95)
-        lines.append(json.dumps({"file": _name(i), "caption": f"picture number {i}", "split": "test" if i % 4 < 2 else "train"}))
+        lines.append(
+            json.dumps({"file": _name(i), "caption": f"picture number {i}", "split": "test" if i % 4 < 2 else "train"})
+        )
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -64,7 +66,10 @@ def query_cases(encoder, folder: Path) -> dict[str, tuple[dict, np.ndarray]]:
         "image path as a term": ({"query": [str(picture)]}, image_vector(encoder, picture)),
         "combined": ({"query": ["a dog", "+", "2:snow", "-", "grass"]}, combine([(1, dog), (2, snow), (-1, grass)])),
         "combined in one argument": ({"query": "a dog + 2:snow - grass"}, combine([(1, dog), (2, snow), (-1, grass)])),
-        "image and text": ({"query": [str(picture), "+", "0.5:a dog"]}, combine([(1, image_vector(encoder, picture)), (0.5, dog)])),
+        "image and text": (
+            {"query": [str(picture), "+", "0.5:a dog"]},
+            combine([(1, image_vector(encoder, picture)), (0.5, dog)]),
+        ),
     }
 
 
@@ -161,12 +166,16 @@ def test_approximate_index_filtered_search_stays_exact(
         for where, keep in WHERES.items():
             if where is None:
                 continue
-            assert_same_ranking(_ranking(index.search(**arguments, k=6, where=where)), brute_force(rows, reference, 6, keep))
+            assert_same_ranking(
+                _ranking(index.search(**arguments, k=6, where=where)), brute_force(rows, reference, 6, keep)
+            )
         # Unfiltered: approximate by design, but on 20 vectors HNSW finds the true top 5.
         assert_same_ranking(_ranking(index.search(**arguments, k=5)), brute_force(rows, reference, 5))
 
 
-@pytest.mark.parametrize("query, where", [(["a dog", "+", "2:snow", "-", "grass"], "split = 'test'"), (["a dog"], None)])
+@pytest.mark.parametrize(
+    "query, where", [(["a dog", "+", "2:snow", "-", "grass"], "split = 'test'"), (["a dog"], None)]
+)
 def test_cli_json_equals_brute_force(index: Index, tiny_encoder, photo_folder: Path, query, where) -> None:
     args = ["search", index.name, *query, "-k", "6", "--root", index.store.path.parent]
     hits = run_json(*args, *(["--where", where] if where else []))

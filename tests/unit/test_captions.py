@@ -1,4 +1,4 @@
-"""Caption parsers: good lines kept, bad lines reported with their line number, datasets located."""
+"""The caption-file reader: good lines kept, bad lines reported with their line number; datasets located."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ from pathlib import Path
 import pytest
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.sources.captions import (
-    CAPTION_DATASETS,
-    CaptionEntry,
-    check_known_files,
-    find_sidecar,
-    locate_caption_dataset,
-    read_flickr8k_splits,
-    read_flickr8k_tokens,
-    read_karpathy,
-    read_sidecar,
-)
+from clipsearch.sources.captions import CaptionEntry, check_known_files, find_sidecar, read_caption_file
+from clipsearch.sources.datasets import CAPTION_DATASETS, locate_caption_dataset
 
 
 def _write(path: Path, text: str) -> Path:
@@ -50,7 +41,7 @@ def test_jsonl_keeps_good_lines_and_reports_bad_ones(tmp_path: Path) -> None:
         {"file": "f.png", "caption": "one", "label": 7},  # 13: numeric label becomes text
     ]
     text = "\n".join("" if x is None else x if isinstance(x, str) else json.dumps(x, ensure_ascii=False) for x in lines)
-    entries, problems = read_sidecar(_write(tmp_path / "captions.jsonl", text + "\n"))
+    entries, problems = read_caption_file(_write(tmp_path / "captions.jsonl", text + "\n"))
 
     assert _line_numbers(problems, "captions.jsonl") == [4, 5, 7, 8, 9, 10, 11, 12]
     assert "empty caption" in problems[1] and "contradicts" in problems[6]
@@ -64,7 +55,7 @@ def test_jsonl_keeps_good_lines_and_reports_bad_ones(tmp_path: Path) -> None:
 def test_jsonl_absolute_paths_inside_the_folder_become_relative(tmp_path: Path) -> None:
     inside, outside = tmp_path / "imgs" / "x.png", tmp_path.parent / "y.png"
     text = "\n".join(json.dumps({"file": str(path), "caption": "c"}) for path in (inside, outside))
-    entries, problems = read_sidecar(_write(tmp_path / "captions.jsonl", text))
+    entries, problems = read_caption_file(_write(tmp_path / "captions.jsonl", text))
     assert list(entries) == ["imgs/x.png"]
     assert _line_numbers(problems, "captions.jsonl") == [2]
 
@@ -82,7 +73,7 @@ def test_csv_accumulates_rows_and_counts_physical_lines(tmp_path: Path) -> None:
         "b.png,a boat,boat,val\n"  # 10: contradicts the test split
         "a.png,a third car,car,train\n"  # 11
     )
-    entries, problems = read_sidecar(_write(tmp_path / "captions.csv", text))
+    entries, problems = read_caption_file(_write(tmp_path / "captions.csv", text))
     assert _line_numbers(problems, "captions.csv") == [6, 7, 8, 10]
     assert entries["a.png"] == CaptionEntry("a.png", ["a red car", "a car, red", "a third car"], "car", "train")
     assert entries["b.png"] == CaptionEntry("b.png", ["a caption over\ntwo lines"], "boat", "test")
@@ -91,12 +82,18 @@ def test_csv_accumulates_rows_and_counts_physical_lines(tmp_path: Path) -> None:
 
 def test_csv_without_caption_column_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(ClipsearchError, match="file,caption"):
-        read_sidecar(_write(tmp_path / "captions.csv", "file,label\na.png,cat\n"))
+        read_caption_file(_write(tmp_path / "captions.csv", "file,label\na.png,cat\n"))
 
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("captions.tsv", "a.png\tcat\n"), ("missing.jsonl", None), ("latin1.jsonl", b'{"file": "caf\xe9.png"}\n')],
+    [
+        ("captions.tsv", "a.png\tcat\n"),
+        ("missing.jsonl", None),
+        ("missing.token.txt", None),
+        ("latin1.jsonl", b'{"file": "caf\xe9.png"}\n'),
+        ("dataset_flickr8k.json", b"\xff\xfe"),
+    ],
 )
 def test_unreadable_sidecar_is_a_user_error(tmp_path: Path, name: str, content: str | bytes | None) -> None:
     if isinstance(content, str):
@@ -104,7 +101,7 @@ def test_unreadable_sidecar_is_a_user_error(tmp_path: Path, name: str, content: 
     elif content is not None:
         (tmp_path / name).write_bytes(content)
     with pytest.raises(ClipsearchError):
-        read_sidecar(tmp_path / name)
+        read_caption_file(tmp_path / name)
 
 
 FLICKR_TOKENS = (
@@ -123,25 +120,30 @@ FLICKR_TOKENS = (
 
 @pytest.mark.parametrize("name", ["Flickr8k.token.txt", "Flickr8k.lemma.token.txt"])
 def test_flickr8k_tokens(tmp_path: Path, name: str) -> None:
-    entries, problems = read_flickr8k_tokens(_write(tmp_path / name, FLICKR_TOKENS))
+    entries, problems = read_caption_file(_write(tmp_path / name, FLICKR_TOKENS))
     assert _line_numbers(problems, name) == [4, 5, 6, 7]
     assert [len(entry.captions) for entry in entries.values()] == [3, 1, 1]  # different caption counts
     assert entries["1000268201_693b08cb0e.jpg"].captions[2] == "A little girl climbing stairs ."
     assert entries["1001773457_577c3a7d70.jpg"].line == 3
     assert "2258277193_586949ec62.jpg.1" in entries  # a name like any other; check_known_files flags it
+    assert all(entry.split is None for entry in entries.values())  # no split lists beside it
 
 
-def test_sidecar_reads_a_flickr_token_file(tmp_path: Path) -> None:
-    path = _write(tmp_path / "Flickr8k.token.txt", FLICKR_TOKENS)
-    assert read_sidecar(path) == read_flickr8k_tokens(path)
-
-
-def test_flickr8k_splits(tmp_path: Path) -> None:
+def test_flickr8k_token_file_takes_the_splits_of_the_lists_beside_it(tmp_path: Path) -> None:
+    tokens = "".join(f"{name}#0\t{name} caption\n" for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"))
+    path = _write(tmp_path / "Flickr8k.token.txt", tokens)
     _write(tmp_path / "Flickr_8k.trainImages.txt", "a.jpg\nb.jpg\n\n")
     _write(tmp_path / "Flickr_8k.devImages.txt", "c.jpg\n")
     _write(tmp_path / "Flickr_8k.testImages.txt", "d.jpg\r\n")
-    assert read_flickr8k_splits(tmp_path) == {"a.jpg": "train", "b.jpg": "train", "c.jpg": "val", "d.jpg": "test"}
-    assert read_flickr8k_splits(tmp_path / "elsewhere") == {}
+    entries, problems = read_caption_file(path)
+    assert problems == []
+    assert {file: entry.split for file, entry in entries.items()} == {
+        "a.jpg": "train",
+        "b.jpg": "train",
+        "c.jpg": "val",
+        "d.jpg": "test",
+        "e.jpg": None,  # in no list
+    }
 
 
 def _karpathy_image(filename: str, split: str, captions: list[str], filepath: str | None = None) -> dict:
@@ -161,8 +163,8 @@ def test_karpathy(tmp_path: Path) -> None:
         _karpathy_image("plain.jpg", "val", ["flickr style, no filepath"]),
     ]
     path = _write(tmp_path / "dataset_coco.json", json.dumps({"images": images, "dataset": "coco"}))
-    entries, problems = read_karpathy(path)
-    assert entries == [
+    entries, problems = read_caption_file(path)
+    assert list(entries.values()) == [
         CaptionEntry("val2014/COCO_val2014_1.jpg", ["one", "two", "three", "four", "five"], split="test"),
         CaptionEntry("val2014/COCO_val2014_2.jpg", ["six"], split="train"),
         CaptionEntry("train2014/COCO_train2014_3.jpg", ["seven"], split="train"),
@@ -173,9 +175,9 @@ def test_karpathy(tmp_path: Path) -> None:
 
 def test_karpathy_file_that_is_not_json_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(ClipsearchError, match="not valid JSON"):
-        read_karpathy(_write(tmp_path / "dataset_flickr8k.json", '{"images": ['))
+        read_caption_file(_write(tmp_path / "dataset_flickr8k.json", '{"images": ['))
     with pytest.raises(ClipsearchError, match="images"):
-        read_karpathy(_write(tmp_path / "dataset_flickr30k.json", "[]"))
+        read_caption_file(_write(tmp_path / "dataset_flickr30k.json", "[]"))
 
 
 def test_find_sidecar_prefers_jsonl(tmp_path: Path) -> None:
@@ -193,7 +195,7 @@ def test_find_sidecar_prefers_jsonl(tmp_path: Path) -> None:
 
 def test_check_known_files_names_the_line(tmp_path: Path) -> None:
     text = '{"file": "here.png", "caption": "a"}\n{"file": "gone.png", "caption": "b"}\n'
-    entries, _ = read_sidecar(_write(tmp_path / "captions.jsonl", text))
+    entries, _ = read_caption_file(_write(tmp_path / "captions.jsonl", text))
     assert check_known_files(entries, {"here.png"}, "captions.jsonl") == ["captions.jsonl:2: image not found: gone.png"]
     no_lines = {"x.jpg": CaptionEntry("x.jpg", ["c"])}
     assert check_known_files(no_lines, set(), "dataset_coco.json") == ["dataset_coco.json: image not found: x.jpg"]

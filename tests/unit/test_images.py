@@ -11,13 +11,13 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from imagegen import exif_rotated_jpeg, photo_like, write_distinct_images, write_png_header
+from index_helpers import count_encoded
 from PIL import Image
 
 from clipsearch.index.index import Index
 from clipsearch.sources.folder import scan_folder
 from clipsearch.sources.images import ImageDecodeError, decode_image, is_image_file
-from imagegen import exif_rotated_jpeg, photo_like, write_distinct_images, write_png_header
-from index_helpers import count_encoded
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -53,8 +53,17 @@ def write_truncated_jpeg(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-GOOD = ["plain.jpg", "UPPER.JPG", "lower.jpeg", "Mixed.Png", "pic.webp", "pic.bmp", "pic.tif", "pic.TIFF",
-        "deep/sub dir/ünïcødé name ✓.png"]
+GOOD = [
+    "plain.jpg",
+    "UPPER.JPG",
+    "lower.jpeg",
+    "Mixed.Png",
+    "pic.webp",
+    "pic.bmp",
+    "pic.tif",
+    "pic.TIFF",
+    "deep/sub dir/ünïcødé name ✓.png",
+]
 AWKWARD = ["cmyk.jpg", "sixteen.png", "palette.png", "anim.gif", "exif6.jpg", "rgba.png"]
 BROKEN = {  # name -> a word its skip reason must contain
     "empty.jpg": "not an image",
@@ -94,7 +103,9 @@ def awkward_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_awkward_folder_indexes_without_a_crash(awkward_folder: Path, tmp_path: Path, tiny_encoder, monkeypatch) -> None:
+def test_awkward_folder_indexes_without_a_crash(
+    awkward_folder: Path, tmp_path: Path, tiny_encoder, monkeypatch
+) -> None:
     unreadable_is_readable = can_read_despite_chmod(awkward_folder / UNREADABLE)
     index = Index.create("awkward", tmp_path, encoder=tiny_encoder)
     stats = index.add_folder(awkward_folder, workers=2, progress=False)  # decode in real worker processes
@@ -205,8 +216,14 @@ def test_bad_files_raise_one_line_reasons(tmp_path: Path) -> None:
     write_truncated_jpeg(tmp_path / "truncated.jpg")
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("hello")
-    expected = {"bomb.png": "too large", "big.png": "exceeds 100 megapixels", "truncated.jpg": "truncated",
-                "empty.jpg": "not an image", "text.jpg": "not an image", "missing.jpg": "not found"}
+    expected = {
+        "bomb.png": "too large",
+        "big.png": "exceeds 100 megapixels",
+        "truncated.jpg": "truncated",
+        "empty.jpg": "not an image",
+        "text.jpg": "not an image",
+        "missing.jpg": "not found",
+    }
     for name, words in expected.items():
         with pytest.raises(ImageDecodeError) as caught:
             decode_image(tmp_path / name)
@@ -214,8 +231,20 @@ def test_bad_files_raise_one_line_reasons(tmp_path: Path) -> None:
 
 
 def test_scan_finds_every_suffix_in_any_case(tmp_path: Path) -> None:
-    names = ["a.jpg", "b.JPEG", "c.Png", "d.webp", "e.BMP", "f.gif", "g.tif", "h.TIFF", "sub/i.jpg", "skip/j.jpg",
-             "k_thumb.jpg", ".hidden/l.jpg"]
+    names = [
+        "a.jpg",
+        "b.JPEG",
+        "c.Png",
+        "d.webp",
+        "e.BMP",
+        "f.gif",
+        "g.tif",
+        "h.TIFF",
+        "sub/i.jpg",
+        "skip/j.jpg",
+        "k_thumb.jpg",
+        ".hidden/l.jpg",
+    ]
     write_distinct_images(tmp_path, [n.replace(".JPEG", ".jpeg").replace(".BMP", ".bmp") for n in names])
     for lower, upper in (("b.jpeg", "b.JPEG"), ("e.bmp", "e.BMP")):
         os.replace(tmp_path / lower, tmp_path / upper)
@@ -239,7 +268,10 @@ def test_draft_decode_matches_full_decode(tmp_path: Path, tiny_encoder) -> None:
     # The real model's preprocessing (224 px) and the tiny model's (32 px).
     vit_preprocess = open_clip.image_transform(224, is_train=False)
     report = {}
-    for label, preprocess, size in (("224px", vit_preprocess, 224), ("tiny", tiny_encoder.preprocess, tiny_encoder.image_size)):
+    for label, preprocess, size in (
+        ("224px", vit_preprocess, 224),
+        ("tiny", tiny_encoder.preprocess, tiny_encoder.image_size),
+    ):
         drafted = decode_image(path, min_size=size)
         assert min(drafted.size) >= size and drafted.size[0] < 3000  # reduced, never below the model input
         assert drafted.info["original_size"] == (3000, 2000)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import graphlib
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 PACKAGE = Path(__file__).resolve().parents[2] / "clipsearch"
-LAYERS = [layer.split() for layer in tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["clipsearch"]["layers"]]
+LAYERS = [
+    layer.split()
+    for layer in tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["clipsearch"]["layers"]
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -69,7 +72,9 @@ def test_no_import_cycle() -> None:
 def test_imports_run_down_the_layers() -> None:
     upward = sorted(
         f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
-        for module, targets in GRAPH.items() for target in targets if _layer(target) > _layer(module)
+        for module, targets in GRAPH.items()
+        for target in targets
+        if _layer(target) > _layer(module)
     )
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
@@ -79,3 +84,14 @@ def test_the_checker_sees_a_cycle_and_an_upward_import() -> None:
     with pytest.raises(graphlib.CycleError):
         list(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
     assert _layer("clipsearch.index.store") < _layer("clipsearch.tasks.zeroshot") < _layer("clipsearch.cli.app")
+
+
+def test_imports_inside_the_package_are_relative() -> None:
+    absolute = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if (isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "clipsearch")
+        or (isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "clipsearch" for alias in node.names))
+    ]
+    assert not absolute, "absolute imports of the package itself: " + ", ".join(absolute)

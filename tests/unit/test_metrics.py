@@ -248,7 +248,9 @@ def test_classification_report_is_json_ready_and_consistent():
     json.dumps(report, allow_nan=False)  # strict JSON: no numpy types, no NaN
     assert report["n"] == len(labels)
     assert report["top1"] == pytest.approx(skm.accuracy_score(labels, scores.argmax(axis=1)), abs=1e-12)
-    assert report["top5"] == pytest.approx(skm.top_k_accuracy_score(labels, scores, k=5, labels=np.arange(len(names))), abs=1e-12)
+    assert report["top5"] == pytest.approx(
+        skm.top_k_accuracy_score(labels, scores, k=5, labels=np.arange(len(names))), abs=1e-12
+    )
     assert report["top5_k"] == 5
     expected_confusion = skm.confusion_matrix(labels, scores.argmax(axis=1), labels=np.arange(len(names)))
     assert report["confusion"] == expected_confusion.tolist()

@@ -1,33 +1,78 @@
+"""Label sets and prompt templates: the shipped data files hold the published lists; specs resolve to prompts."""
+
 import json
-import sys
-import types
 
 import pytest
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.tasks.prompts import TEMPLATE_SETS, resolve_labels, resolve_templates
+from clipsearch.sources.shapes import class_names as shapes_class_names
+from clipsearch.tasks import prompts
+from clipsearch.tasks.prompts import resolve_labels, resolve_templates, template_set
+
+# The 18 CIFAR-10/100 templates of the CLIP paper (openai/CLIP, data/prompts.md), in its order.
+CLIP_PAPER_CIFAR_TEMPLATES = [
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low contrast photo of a {}.",
+    "a high contrast photo of a {}.",
+    "a bad photo of a {}.",
+    "a good photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a big {}.",
+    "a photo of the {}.",
+    "a blurry photo of the {}.",
+    "a black and white photo of the {}.",
+    "a low contrast photo of the {}.",
+    "a high contrast photo of the {}.",
+    "a bad photo of the {}.",
+    "a good photo of the {}.",
+    "a photo of the small {}.",
+    "a photo of the big {}.",
+]
+# batches.meta / meta of the official python archives (label_names, fine_label_names).
+OFFICIAL_CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+OFFICIAL_CIFAR100_FINE = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+]  # fmt: skip
 
 
 def test_cifar_templates_are_the_18_of_the_clip_paper():
-    templates = TEMPLATE_SETS["cifar"]()
-
-    assert len(templates) == 18 == len(set(templates))
-    assert templates[:4] == [
-        "a photo of a {}.",
-        "a blurry photo of a {}.",
-        "a black and white photo of a {}.",
-        "a low contrast photo of a {}.",
-    ]
-    assert templates[-1] == "a photo of the big {}."
+    assert template_set("cifar") == CLIP_PAPER_CIFAR_TEMPLATES
 
 
-def test_imagenet_templates_are_the_80_openai_ones_as_strings():
-    templates = TEMPLATE_SETS["imagenet"]()
+def test_imagenet_templates_are_open_clips_80_openai_ones():
+    templates = template_set("imagenet")
 
+    assert templates == [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
     assert len(templates) == 80 == len(set(templates))
     assert all(template.count("{}") == 1 for template in templates)
-    assert templates[0] == "a bad photo of a {}."
-    assert "itap of a {}." in templates
+
+
+def test_builtin_sets_are_the_shipped_json_files():
+    for kind, names in (("labels", ("cifar10", "cifar100")), ("templates", prompts.TEMPLATE_SETS)):
+        for name in names:
+            shipped = json.loads((prompts.DATA_DIR / kind / f"{name}.json").read_text(encoding="utf-8"))
+            assert shipped == (resolve_labels(name) if kind == "labels" else template_set(name))
+    assert template_set("simple") == ["a photo of a {}."]
+    assert all("{}" in template for template in template_set("shapes"))
+
+
+def test_a_returned_set_is_a_copy():
+    template_set("cifar").append("a drawing of a {}.")
+    resolve_labels("cifar10").clear()
+
+    assert len(template_set("cifar")) == 18 and len(resolve_labels("cifar10")) == 10
 
 
 def test_builtin_templates_are_filled_with_each_label():
@@ -83,22 +128,17 @@ def test_unknown_templates_name_the_choices():
         resolve_templates("cifra", ["cat"])
 
 
-def test_builtin_label_sets():
-    cifar10 = resolve_labels("cifar10")
+def test_builtin_label_sets_are_the_official_names():
     cifar100 = resolve_labels("cifar100")
 
-    assert cifar10 == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    assert len(cifar100) == 100 == len(set(cifar100))
-    assert cifar100[1] == "aquarium fish" and cifar100[41] == "lawn mower" and cifar100[-1] == "worm"
-    assert not any("_" in name for name in cifar100)
+    assert resolve_labels("cifar10") == OFFICIAL_CIFAR10
+    assert sorted(OFFICIAL_CIFAR100_FINE) == OFFICIAL_CIFAR100_FINE and len(set(OFFICIAL_CIFAR100_FINE)) == 100
+    assert cifar100 == [name.replace("_", " ") for name in OFFICIAL_CIFAR100_FINE]  # as CLIP and CLIP_benchmark
+    assert cifar100[1] == "aquarium fish" and cifar100[41] == "lawn mower"
 
 
-def test_shapes_labels_come_from_the_shapes_source(monkeypatch):
-    fake_shapes = types.ModuleType("clipsearch.sources.shapes")
-    fake_shapes.class_names = lambda: ["red circle", "blue square"]
-    monkeypatch.setitem(sys.modules, "clipsearch.sources.shapes", fake_shapes)
-
-    assert resolve_labels("shapes") == ["red circle", "blue square"]
+def test_shapes_labels_are_the_generated_shapes_classes():
+    assert resolve_labels("shapes") == shapes_class_names()
 
 
 def test_labels_from_inline_list_and_file(tmp_path):
