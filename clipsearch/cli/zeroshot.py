@@ -15,7 +15,8 @@ from rich.table import Table
 from ..errors import ClipsearchError
 from ..index.query import load_query_image
 from ..index.sync import default_workers
-from ..model.encoder import Encoder
+from ..model.backends import load_encoder
+from ..model.spec import ModelSpec
 from ..present.progress import Update, counting_bar, progress_bars
 from ..present.tables import classification_table, comparison_table, label_counts_table
 from ..tasks import outputs
@@ -82,7 +83,7 @@ def predict_cmd(
         raise ClipsearchError("choose one of --index and --model/--pretrained")
     prompts = resolve_templates(templates or default_templates(labels), class_names)
     pixels = [load_query_image(path) for path in images]
-    encoder = open_index(index_name, root).encoder if index_name else Encoder.load(model, pretrained)
+    encoder = open_index(index_name, root).encoder if index_name else load_encoder(ModelSpec.resolve(model, pretrained))
     prototypes = class_prototypes(encoder, prompts)
     predictions = predict_images(encoder, pixels, class_names, prototypes, k)
     if as_json:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from ..errors import ClipsearchError
-from ..model.encoder import Encoder
+from ..model.backends import load_encoder
 from ..model.interface import EncoderLike
 from ..model.spec import ModelSpec
 from ..sources.annotations import annotate_folder_items
@@ -71,7 +71,7 @@ class Index:
             index.check_model_named(model, pretrained)
             return index
         spec = encoder.spec if encoder else ModelSpec.resolve(model, pretrained)
-        encoder = encoder or Encoder(spec)
+        encoder = encoder or load_encoder(spec)
         manifest = {
             "name": name,
             "model": spec.to_dict(),
@@ -124,7 +124,7 @@ class Index:
     def encoder(self) -> EncoderLike:
         """The index's own model (the torch backend), loaded on first use."""
         if self._encoder is None:
-            self._encoder = Encoder(self.spec)
+            self._encoder = load_encoder(self.spec)
         return self._encoder
 
     # -- adding images -----------------------------------------------------------
