@@ -8,10 +8,12 @@ umask applies), not mkstemp's 0600.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -67,7 +69,11 @@ def file_digest(path: str | Path, algorithm: str = "blake2b") -> str:
         digest = hashlib.blake2b(digest_size=16)
     else:
         digest = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    # Non-blocking open, then a regular-file check: a FIFO would block the open, /dev/zero never ends.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         while chunk := f.read(_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()

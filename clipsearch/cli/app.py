@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from ..errors import ClipsearchError
-from . import demo, index, probe, retrieval, train, tui, zeroshot
+from . import check, demo, importing, index, probe, retrieval, train, tui, zeroshot
 from .common import err
 
 # Idle OpenMP threads yield instead of spinning: on a busy machine spinning made a training
@@ -39,6 +39,8 @@ for name, command in {
     "list": index.list_cmd,
     "info": index.info_cmd,
     "remove": index.remove_cmd,
+    "import": importing.import_cmd,
+    "check": check.check_cmd,
     "demo": demo.demo_cmd,
     "classify": zeroshot.classify_cmd,
     "predict": zeroshot.predict_cmd,

@@ -12,10 +12,24 @@ from rich.table import Table
 from ..api import Index
 from ..errors import ClipsearchError
 from ..index.query import check_k
+from ..index.store import Store
 from ..present.sheets import contact_sheet
 from ..sources.datasets import DATASETS, is_dataset
 from ..sources.images import open_uri
-from .common import ModelOpt, PretrainedOpt, RootOpt, err, fmt_bytes, open_index, out, print_hits
+from .common import (
+    BackendOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    RootOpt,
+    check_output_file,
+    encoder_options,
+    err,
+    fmt_bytes,
+    open_index,
+    out,
+    print_hits,
+)
 
 
 # -- index -------------------------------------------------------------------
@@ -26,6 +40,8 @@ def index_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="Index name (default: the folder's name)."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0, help="Decoding processes (default: cores - 1, at most 4)."
@@ -45,19 +61,20 @@ def index_cmd(
     """Index an image folder (encodes only new or changed files) or a named dataset."""
     folder = Path(path).expanduser()
     options = dict(batch_size=batch_size, workers=workers, progress=not as_json, prune=prune)
+    chosen = encoder_options(backend, precision)
     if folder.is_dir() or not is_dataset(path):
         if not folder.is_dir():
             raise ClipsearchError(f"folder not found: {path} (or name a dataset: {', '.join(DATASETS)})")
-        index = Index.create(name or folder.resolve().name, root, model=model, pretrained=pretrained)
+        index = Index.create(name or folder.resolve().name, root, model, pretrained, encoder_options=chosen)
         stats = index.add_folder(folder, exclude=exclude, captions=captions, **options)
     else:  # read first: a missing dataset leaves no empty index behind
-        index, stats = Index.from_dataset(
-            path, split, data_dir, captions, name=name, root=root, model=model, pretrained=pretrained, **options
-        )
+        naming = dict(name=name, root=root, model=model, pretrained=pretrained, encoder_options=chosen)
+        index, stats = Index.from_dataset(path, split, data_dir, captions, **naming, **options)
     for problem in index.problems[:20]:
         err.print(f"warning: {problem}", highlight=False, soft_wrap=True)
     if len(index.problems) > 20:
         err.print(f"warning: ... and {len(index.problems) - 20} more problems in the annotation files")
+    stats.from_process_start()  # the summary reports what the user waited: start-up and model load too
     if as_json:
         out.print_json(json.dumps({**stats.to_dict(), "index": index.name, "skipped_files": stats.skipped_reasons}))
         return
@@ -70,7 +87,10 @@ def _print_sync(index: Any, stats: Any) -> None:
         table.add_column(column, justify="right")
     s = stats
     table.add_row(
-        *(str(v) for v in (s.new, s.updated, s.unchanged, s.moved, s.deleted, s.skipped)),
+        str(s.new),
+        str(s.updated),
+        f"{s.unchanged} ({s.touched} touched)" if s.touched else str(s.unchanged),  # touched: same content hash
+        *(str(v) for v in (s.moved, s.deleted, s.skipped)),
         f"{s.seconds:.1f}",
         f"{s.images_per_s:.1f}",
     )
@@ -88,7 +108,7 @@ def search_cmd(
         None, help='Text and/or image paths, joined by + and -, e.g. "a dog" + "2:snow" - grass.'
     ),
     image: list[Path] = typer.Option([], "--image", help="Query image (repeatable; added to the query)."),
-    k: int = typer.Option(10, "-k", "--k", help="Number of results."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of results (at most 100000)."),
     where: Optional[str] = typer.Option(None, "--where", help="LanceDB SQL filter, e.g. \"split = 'test'\"."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Drop hits with a cosine score below this."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
@@ -97,13 +117,17 @@ def search_cmd(
     captions: bool = typer.Option(False, "--captions", help="Return the nearest stored captions instead of images."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Search an index by text, image, or a weighted combination."""
     check_k(k)
     if as_json and paths:
         raise ClipsearchError("choose one of --json and --paths")
-    index = open_index(name, root, model, pretrained)
+    if grid:
+        check_output_file(grid, "--grid")
+    index = open_index(name, root, model, pretrained, backend, precision)
     if captions:
         hits = index.search_captions(query, image=list(image) or None, k=k)
         if as_json:
@@ -138,15 +162,25 @@ def search_cmd(
 # -- list / info / remove --------------------------------------------------------
 def list_cmd(root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the indexes under the root."""
-    infos = [
-        {
-            "name": index.name,
-            "model": index.spec.identity(),
-            "images": index.counts(recorded=True)["images"],
-            "updated": index.manifest.get("updated"),
-        }
-        for index in Index.all(root)
-    ]
+    problems: list[str] = []
+    infos = []
+    for path in Store.list_indexes(root):
+        try:  # one broken index (manifest, name, table) is reported; the others are still listed
+            index = Index.open(path.name, path.parent)
+            images = index.counts(recorded=True)["images"]
+        except ClipsearchError as error:
+            problems.append(f"{path.name}: {error}")
+            continue
+        infos.append(
+            {
+                "name": index.name,
+                "model": index.spec.identity(),
+                "images": images,
+                "updated": index.manifest.get("updated"),
+            }
+        )
+    for problem in problems:
+        err.print(f"warning: skipped {problem}", highlight=False, soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(infos))
         return

@@ -24,7 +24,7 @@ from ..tasks.corruptions import parse_corruption
 from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
 from ..tasks.zeroshot import Prediction, class_prototypes, classify, predict_images
 from ..tasks.zeroshot_eval import evaluate_zero_shot, parse_template_specs
-from .common import ModelOpt, PretrainedOpt, RootOpt, err, open_index, out
+from .common import BackendOpt, ModelOpt, PrecisionOpt, PretrainedOpt, RootOpt, err, open_index, out
 
 LabelsOpt = typer.Option(
     ..., "--labels", help="Label set: cifar10, cifar100, shapes, a file (one label per line) or cat,dog,bird."
@@ -43,11 +43,13 @@ def classify_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Label every image with its nearest class prototype (zs_label, zs_score, zs_labelset),
     so that `search NAME ... --where "zs_label = 'cat'"` works."""
-    index = open_index(name, root, model, pretrained)
+    index = open_index(name, root, model, pretrained, backend, precision)
     with counting_bar("classifying", index.live_count(), visible=not as_json, unit="img") as advance:
         result = classify(index, labels, templates, on_batch=advance)
     if as_json:
@@ -73,6 +75,8 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one entry per image."),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Top-k classes of images with softmax(100 · cosine) confidences over the whole label set."""
@@ -83,7 +87,10 @@ def predict_cmd(
         raise ClipsearchError("choose one of --index and --model/--pretrained")
     prompts = resolve_templates(templates or default_templates(labels), class_names)
     pixels = [load_query_image(path) for path in images]
-    encoder = open_index(index_name, root).encoder if index_name else load_encoder(ModelSpec.resolve(model, pretrained))
+    if index_name:
+        encoder = open_index(index_name, root, backend=backend, precision=precision).encoder
+    else:
+        encoder = load_encoder(ModelSpec.resolve(model, pretrained), backend, precision)
     prototypes = class_prototypes(encoder, prompts)
     predictions = predict_images(encoder, pixels, class_names, prototypes, k)
     if as_json:

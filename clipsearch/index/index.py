@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from ..errors import ClipsearchError
-from ..model.backends import load_encoder
+from ..model.backends import backend_info, load_encoder
 from ..model.interface import EncoderLike
 from ..model.spec import ModelSpec
 from ..sources.annotations import annotate_folder_items
@@ -24,6 +24,8 @@ from ..sources.datasets import dataset_items
 from ..sources.folder import scan_folder
 from ..sources.items import Item
 from . import ann
+from .ann_file import AnnFile
+from .integrity import check_architecture
 from .query import Hit, caption_hits, check_k, embed_query, image_hits, nearest_keys, parse_query
 from .store import (
     CAPTIONS,
@@ -39,19 +41,19 @@ from .store import (
 )
 from .sync import SyncStats, sync_items
 
-FAISS_FILE = "images.faiss"
 LABEL_BATCH = 8192  # rows scored and written per batch by write_labels
 
 
 class Index:
     """One index folder: LanceDB tables + FAISS file + manifest."""
 
-    def __init__(self, store: Store, encoder: EncoderLike | None = None):
+    def __init__(self, store: Store, encoder: EncoderLike | None = None, encoder_options: dict | None = None):
         self.store = store
+        self.encoder_options = encoder_options or {}  # load_encoder's backend/precision (--backend, --precision)
         self.manifest = store.read_manifest()
         self.spec = ModelSpec.from_dict(self.manifest["model"])
         self._encoder = encoder
-        self._ann: faiss.Index | None = None
+        self._ann_file = AnnFile(store, int(self.manifest["dim"]))
         self.problems: list[str] = []  # what the last add_* could not read in annotation files
 
     # -- opening ---------------------------------------------------------------
@@ -63,23 +65,27 @@ class Index:
         model: str | None = None,
         pretrained: str | None = None,
         encoder: EncoderLike | None = None,
+        dim: int | None = None,
+        encoder_options: dict[str, Any] | None = None,
     ) -> Index:
-        """A new empty index (an existing one with the same model is opened instead)."""
+        """A new empty index (an existing one with the same model is opened instead); `dim`: load no model."""
         path = Store.folder(name, root)
         if Store.exists(path):
             index = cls.open(name, root, encoder=encoder)
             index.check_model_named(model, pretrained)
+            index.encoder_options = encoder_options or {}
             return index
         spec = encoder.spec if encoder else ModelSpec.resolve(model, pretrained)
-        encoder = encoder or load_encoder(spec)
+        encoder = encoder or (load_encoder(spec, **(encoder_options or {})) if dim is None else None)
         manifest = {
             "name": name,
             "model": spec.to_dict(),
             "model_id": spec.identity(),
-            "dim": encoder.dim,
-            "preprocessing": encoder.preprocessing(),
+            "dim": encoder.dim if encoder else dim,
+            "preprocessing": encoder.preprocessing() if encoder else None,
+            "encoder": backend_info(encoder) if encoder else None,
         }
-        return cls(Store.create(path, manifest), encoder)
+        return cls(Store.create(path, manifest), encoder, encoder_options)
 
     @classmethod
     def open(cls, name: str, root: Path | None = None, encoder: EncoderLike | None = None) -> Index:
@@ -122,9 +128,10 @@ class Index:
 
     @property
     def encoder(self) -> EncoderLike:
-        """The index's own model (the torch backend), loaded on first use."""
+        """The index's own model, on the backend load_encoder picks (encoder_options), loaded on first use."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.spec)
+            check_architecture(self.spec.arch, self.store.path)
+            self._encoder = load_encoder(self.spec, recorded=self.manifest.get("encoder"), **self.encoder_options)
         return self._encoder
 
     # -- adding images -----------------------------------------------------------
@@ -141,24 +148,25 @@ class Index:
     ) -> SyncStats:
         """Add or update `items`, encoding only what changed; with `mark_missing`, rows of
         `source` absent from `items` are marked deleted (a folder scan sees every file)."""
+        options = dict(batch_size=batch_size, workers=workers, show_progress=progress, mark_missing=mark_missing)
+
+        def write() -> SyncStats:  # the encoder is asked for only when something is encoded: none when unchanged
+            return sync_items(self.store, items, source, int(self.manifest["dim"]), lambda: self.encoder, **options)
+
+        return self.write_rows(write, source, prune)
+
+    def write_rows(self, write: Callable[[], SyncStats], source: str, prune: bool = False) -> SyncStats:
+        """`write` (a sync, an import) under the writer lock; then its source, compaction, the FAISS update."""
         with self.store.writer_lock():
-            stats = sync_items(
-                self.store,
-                items,
-                source,
-                dim=int(self.manifest["dim"]),
-                load_encoder=lambda: self.encoder,  # re-indexing an unchanged folder loads no model
-                batch_size=batch_size,
-                workers=workers,
-                show_progress=progress,
-                mark_missing=mark_missing,
-            )
+            version_before = self.store.version()
+            stats = write()
             sources = sorted(set(self.manifest.get("sources", [])) | {source})
-            self.manifest = self.store.update_manifest(sources=sources)
+            made = {"encoder": backend_info(self._encoder)} if self._encoder else {}  # how these vectors were made
+            self.manifest = self.store.update_manifest(sources=sources, **made)
             if prune:
                 self._prune()
             self.store.compact()
-            self.rebuild_ann()
+            self.manifest = self._ann_file.update(stats.written_keys, version_before)
         return stats
 
     def add_folder(
@@ -200,11 +208,12 @@ class Index:
         model: str | None = None,
         pretrained: str | None = None,
         encoder: EncoderLike | None = None,
+        encoder_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> tuple[Index, SyncStats]:
         """`create(name or dataset)` + `add_dataset(dataset, ...)`; a dataset that cannot be read leaves no index."""
         read = dataset_items(dataset, split, _path(data_dir), _path(captions))
-        index = cls.create(name or dataset, root, model=model, pretrained=pretrained, encoder=encoder)
+        index = cls.create(name or dataset, root, model, pretrained, encoder, encoder_options=encoder_options)
         return index, index._add_read_dataset(dataset, read, **kwargs)
 
     def _add_read_dataset(self, dataset: str, read: tuple[list[Item], list[str]], **kwargs: Any) -> SyncStats:
@@ -214,9 +223,10 @@ class Index:
     def prune(self) -> int:
         """Remove rows marked deleted (files gone from disk) for good."""
         with self.store.writer_lock():
+            version_before = self.store.version()
             removed = self._prune()
             self.store.compact()
-            self.rebuild_ann()
+            self.manifest = self._ann_file.update([], version_before)
         return removed
 
     def _prune(self) -> int:
@@ -230,29 +240,19 @@ class Index:
     # -- the FAISS index ---------------------------------------------------------
     @property
     def faiss_path(self) -> Path:
-        return self.store.path / FAISS_FILE
+        return self._ann_file.path
 
     def rebuild_ann(self) -> faiss.Index:
-        """Build the FAISS file from the table (the source of truth) and record its version."""
-        table = self.store.scan(IMAGES, ["key", "vector"], LIVE_ROWS)
-        index, info = ann.build(table.column("key").to_numpy(), vectors_of(table))
-        ann.save(index, self.faiss_path)
-        self._ann = index
-        self.manifest = self.store.update_manifest(
-            ann={**info.to_dict(), "file": FAISS_FILE, "table_version": self.store.version()}, counts=self.counts()
-        )
-        return index
+        """Build the FAISS file from the table (the source of truth); the manifest vouches for it."""
+        self.manifest = self._ann_file.rebuild()
+        return self.ann_index
 
     @property
     def ann_index(self) -> faiss.Index:
-        """The FAISS index, rebuilt when it is missing or was built from another table version."""
-        if self._ann is None:
-            info = self.manifest.get("ann") or {}
-            if self.faiss_path.is_file() and info.get("table_version") == self.store.version():
-                self._ann = ann.load(self.faiss_path)
-            else:
-                self._ann = self.rebuild_ann()
-        return self._ann
+        """The FAISS index for the table as it is now (AnnFile.current: reloaded or rebuilt as needed)."""
+        index, manifest = self._ann_file.current()
+        self.manifest = manifest or self.manifest
+        return index
 
     def write_labels(
         self,
@@ -275,7 +275,7 @@ class Index:
             # Only label columns changed: the vectors, hence the FAISS file, are still current.
             ann_info = dict(self.manifest["ann"] or {})
             if ann_info.get("table_version") is not None:
-                ann_info["table_version"] = self.store.version()
+                ann_info["table_version"] = self._ann_file.restamp(ann_info["table_version"])
             self.manifest = self.store.update_manifest(ann=ann_info, counts=self.counts())
         per_class = np.bincount(class_of_row, minlength=len(class_names))
         return {str(class_names[c]): int(per_class[c]) for c in np.argsort(-per_class, kind="stable")}
@@ -339,6 +339,7 @@ class Index:
             "model_id": self.spec.identity(),
             "dim": self.manifest["dim"],
             "preprocessing": self.manifest.get("preprocessing"),
+            "encoder": self.manifest.get("encoder"),
             "counts": self.counts(),
             "ann": self.manifest.get("ann"),
             "sources": self.manifest.get("sources", []),

@@ -146,6 +146,9 @@ def nearest_keys(
     bypassed by an exact scan of their vectors (its graph may hold none of them near the query).
     """
     queries = query[None, :]
+    k = min(k, index.ntotal if allowed is None else allowed.num_rows)  # no more than there are rows
+    if k <= 0:
+        return []
     if allowed is None:
         scores, keys = (column[0] for column in ann.search(index, queries, k))
     elif ann.is_exact(index):
@@ -173,6 +176,12 @@ def caption_hits(captions: pa.Table, query: np.ndarray, k: int) -> list[Hit]:
     return [Hit(rank, float(score), row) for rank, (score, row) in enumerate(zip(scores, meta), 1)]
 
 
+MAX_K = 100_000  # the most results one query returns (documented in the README's search section)
+
+
 def check_k(k: int) -> None:
-    if k <= 0:
+    """Refuse a k that is not a positive whole number or exceeds MAX_K (a huge one would allocate k rows)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ClipsearchError(f"-k must be a positive number of results (got {k})")
+    if k > MAX_K:
+        raise ClipsearchError(f"-k {k} is too many: at most {MAX_K} results per query")

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ClipsearchError
-from ..files import atomic_write_text, read_json
+from ..files import atomic_write_text
+from .integrity import FORMAT_VERSION, damage_message, guarded, is_damage, read_manifest
 
 if TYPE_CHECKING:  # annotations only; the connection imports lancedb where it is made
     import lancedb
@@ -30,8 +31,8 @@ if TYPE_CHECKING:  # annotations only; the connection imports lancedb where it i
 os.environ.setdefault("LANCEDB_LOG", "error")  # lance logs a warning for every new table
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME_LENGTH = 255  # a file name's limit on every common file system
 
 IMAGES, CAPTIONS, SKIPPED = "images", "captions", "skipped"
 # Rows of files gone from disk stay (marked) until a prune; every reader of images means the others.
@@ -50,6 +51,13 @@ ANNOTATION_FIELDS = [
 
 def default_root() -> Path:
     return Path(os.environ.get("CLIPSEARCH_HOME") or "indexes")
+
+
+def index_root(root: Path | None) -> Path:
+    base = root or default_root()
+    if base.exists() and not base.is_dir():
+        raise ClipsearchError(f"index root {base} is not a folder; give --root a folder (or a new path)")
+    return base
 
 
 def vector_type(dim: int) -> pa.DataType:
@@ -166,9 +174,11 @@ class Store:
     # -- lifecycle -----------------------------------------------------------
     @staticmethod
     def folder(name: str, root: Path | None = None) -> Path:
+        if len(name) > MAX_NAME_LENGTH:
+            raise ClipsearchError(f"invalid index name '{name[:40]}...': at most {MAX_NAME_LENGTH} characters")
         if not _NAME_RE.match(name):
             raise ClipsearchError(f"invalid index name '{name}': use letters, digits, '.', '_' and '-'")
-        return (root or default_root()) / name
+        return index_root(root) / name
 
     @classmethod
     def create(cls, path: Path, manifest: dict[str, Any]) -> Store:
@@ -201,7 +211,7 @@ class Store:
 
     @staticmethod
     def list_indexes(root: Path | None = None) -> list[Path]:
-        base = root or default_root()
+        base = index_root(root)
         return sorted(p for p in base.iterdir() if (p / MANIFEST).is_file()) if base.is_dir() else []
 
     @staticmethod
@@ -229,7 +239,7 @@ class Store:
 
     # -- manifest ------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any]:
-        return read_json(self.path / MANIFEST)
+        return read_manifest(self.path / MANIFEST)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = {**manifest, "updated": now_iso()}
@@ -241,16 +251,25 @@ class Store:
         return manifest
 
     # -- tables --------------------------------------------------------------
+    @guarded
     def table(self, name: str) -> lancedb.table.Table:
-        return self.db.open_table(name)
+        try:
+            return self.db.open_table(name)
+        except ValueError as error:  # lancedb: "Table 'x' was not found"
+            if "not found" not in str(error) or name != SKIPPED:
+                raise ClipsearchError(damage_message(self.path.name, error)) from None
+        # Only a record of unreadable files: an empty one loses nothing a re-index does not find again.
+        return self.db.create_table(SKIPPED, schema=SKIPPED_SCHEMA, exist_ok=True)
 
     @property
     def images(self) -> lancedb.table.Table:
         return self.table(IMAGES)
 
+    @guarded
     def version(self, name: str = IMAGES) -> int:
         return int(self.table(name).version)
 
+    @guarded
     def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
         """Read rows (only the named columns) matching an SQL filter."""
         query = self.table(name).search()
@@ -261,10 +280,11 @@ class Store:
         try:
             return query.limit(None).to_arrow()
         except Exception as err:  # lancedb reports SQL mistakes as several exception types
-            if where:
+            if where and not is_damage(err):
                 raise ClipsearchError(f"invalid filter {where!r}: {str(err).splitlines()[0]}") from err
             raise
 
+    @guarded
     def count(self, name: str, where: str | None = None) -> int:
         return int(self.table(name).count_rows(where))
 
@@ -277,20 +297,24 @@ class Store:
             "captions": self.count(CAPTIONS),
         }
 
+    @guarded
     def upsert(self, name: str, rows: pa.Table, on: str | list[str] = "id") -> None:
         """Insert new rows and replace rows whose key already exists (also partial columns)."""
         if rows.num_rows:
             self.table(name).merge_insert(on).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
+    @guarded
     def update_columns(self, name: str, rows: pa.Table, on: str = "id") -> None:
         """Set some columns of existing rows (rows holds `on` plus those columns)."""
         if rows.num_rows:
             self.table(name).merge_insert(on).when_matched_update_all().execute(rows)
 
+    @guarded
     def add(self, name: str, rows: pa.Table) -> None:
         if rows.num_rows:
             self.table(name).add(rows)
 
+    @guarded
     def label_rows(
         self,
         name: str,
@@ -331,22 +355,34 @@ class Store:
             self.update_columns(name, pa.table(columns))
         return class_of_row
 
+    @guarded
     def delete(self, name: str, where: str) -> None:
         self.table(name).delete(where)
 
+    @guarded
     def update(self, name: str, where: str, values: dict[str, Any]) -> None:
         self.table(name).update(where=where, values=values)
 
+    @guarded
     def compact(self) -> None:
         """Merge the small fragments that streamed writes leave behind; drop versions over an hour old
         (younger ones may still be read by another process)."""
         for name in (IMAGES, CAPTIONS, SKIPPED):
             self.table(name).optimize(cleanup_older_than=dt.timedelta(hours=1))
-        from lancedb.index import BTree
-
         images = self.images
         if images.count_rows() and not any(i.columns == ["key"] for i in images.list_indices()):
             # Search fetches its hits by key; without this every query scans the table.
+            self.rebuild_key_index()
+
+    def rebuild_key_index(self) -> None:
+        """(Re)create the BTree index on `key`, dropping a broken one first."""
+        from lancedb.index import BTree
+
+        images = self.db.open_table(IMAGES)
+        for index in images.list_indices():
+            if index.columns == ["key"]:
+                images.drop_index(index.name)
+        if images.count_rows():
             images.create_index("key", config=BTree())
 
     def disk_bytes(self) -> int:

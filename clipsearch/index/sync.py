@@ -13,18 +13,17 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..files import file_digest
 from ..model.interface import EncoderLike
 from ..present.progress import counting_bar
 from ..sources.images import ImageDecodeError, open_uri
 from ..sources.items import Item
+from .plan import Plan, plan_sync, skip_row
 from .store import (
     CAPTIONS,
     IMAGES,
@@ -54,138 +53,47 @@ class SyncStats:
 
     new: int = 0
     updated: int = 0
-    unchanged: int = 0
+    unchanged: int = 0  # includes the touched ones
+    touched: int = 0  # new mtime or size, same content hash: the vector was kept
     moved: int = 0  # moved or copied files whose vector was reused (found by content hash)
     deleted: int = 0
     skipped: int = 0
     encoded: int = 0
     captions: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # what the summary reports: the run, or since process start (`from_process_start`)
+    sync_seconds: float = 0.0  # the sync alone: planning, encoding, writing
     skipped_reasons: list[tuple[str, str]] = field(default_factory=list)
+    written_keys: list[int] = field(default_factory=list)  # keys whose vector was (re)written: for the ANN update
 
     @property
     def images_per_s(self) -> float:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
+    def from_process_start(self) -> SyncStats:
+        """Report the wall time since this process started (start-up, imports, model load included),
+        as a command's user waited it; the sync alone stays in `sync_seconds`."""
+        self.seconds = max(self.seconds, process_seconds())
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("skipped_reasons")
+        data.pop("written_keys")
         data["images_per_s"] = round(self.images_per_s, 2)
         return data
 
 
-@dataclass
-class Plan:
-    encode: list[Item] = field(default_factory=list)  # new or changed pixels
-    updated_ids: set[str] = field(default_factory=set)  # the encodes that replace a row
-    reuse: list[tuple[Item, int, int]] = field(default_factory=list)  # (item, vector's key, new key)
-    relabel: list[Item] = field(default_factory=list)  # same pixels, new annotations
-    delete_ids: list[str] = field(default_factory=list)  # rows of this source gone from disk
-    replaced_ids: list[str] = field(default_factory=list)  # rows taken over by a move
-    keys: dict[str, int] = field(default_factory=dict)  # item id -> key
-    unchanged: int = 0
-    still_skipped: list[str] = field(default_factory=list)  # unchanged files that failed before
+_IMPORTED_AT = time.time()
 
 
-def _fill_hashes(items: Sequence[Item], skipped: list[dict[str, Any]]) -> list[Item]:
-    """Content hashes for files (threads: hashlib releases the GIL); unreadable files become skips."""
-    todo = [item for item in items if item.content_hash is None]
-
-    def one(item: Item) -> str | None:
-        try:
-            return file_digest(item.uri)
-        except OSError as err:
-            skipped.append(_skip_row(item, f"unreadable: {err.strerror or err}"))
-            return None
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for item, digest in zip(todo, pool.map(one, todo)):
-            item.content_hash = digest
-    return [item for item in items if item.content_hash is not None]
-
-
-def _skip_row(item: Item, reason: str) -> dict[str, Any]:
-    return dict(id=item.id, uri=item.uri, source=item.source, reason=reason, size=item.size, mtime=item.mtime)
-
-
-_PLAN_COLUMNS = ["id", "key", "size", "mtime", "content_hash", "deleted", "source", "split", "label", "label_name"]
-
-
-def plan_sync(
-    store: Store, items: Sequence[Item], source: str, skipped: list[dict[str, Any]], mark_missing: bool = True
-) -> Plan:
-    """What to do for each item: keep (maybe relabel), re-encode, reuse a vector by content hash,
-    or encode new; and which rows of `source` are gone."""
-    plan = Plan()
-    rows = {row["id"]: row for row in store.scan(IMAGES, [*_PLAN_COLUMNS, "captions"]).to_pylist()}
-    known_skips = {
-        (r["id"], r["size"], r["mtime"])
-        for r in store.scan(SKIPPED, ["id", "size", "mtime"], f"source = {sql_quote(source)}").to_pylist()
-    }
-    seen = {item.id for item in items}
-    needs_hash: list[Item] = []
-    for item in items:
-        row = rows.get(item.id)
-        if (item.id, item.size, item.mtime) in known_skips:
-            plan.still_skipped.append(item.id)
-        elif row is not None and not row["deleted"] and row["size"] == item.size and row["mtime"] == item.mtime:
-            plan.keys[item.id] = row["key"]
-            plan.unchanged += 1
-            stored = (row["split"], row["label"], row["label_name"], tuple(row["captions"] or ()))
-            if stored != item.metadata():
-                plan.relabel.append(item)
-        elif row is not None and not row["deleted"]:
-            plan.keys[item.id] = row["key"]  # changed pixels keep their key
-            plan.encode.append(item)
-            plan.updated_ids.add(item.id)
-        else:
-            needs_hash.append(item)
-    if needs_hash:
-        _plan_by_content(plan, rows, _fill_hashes(needs_hash, skipped), source, seen, mark_missing)
-    replaced = set(plan.replaced_ids)
-    plan.delete_ids = [
-        row["id"]
-        for row in rows.values()
-        if mark_missing
-        and row["source"] == source
-        and not row["deleted"]
-        and row["id"] not in seen
-        and row["id"] not in replaced
-    ]
-    return plan
-
-
-def _plan_by_content(
-    plan: Plan,
-    rows: dict[str, dict[str, Any]],
-    hashed: Sequence[Item],
-    source: str,
-    seen: set[str],
-    mark_missing: bool,
-) -> None:
-    """New (or returning) files: a moved or copied file reuses the vector of a row with its content hash."""
-    by_hash: dict[str, dict[str, Any]] = {}
-    for row in rows.values():
-        if row["content_hash"]:
-            # Prefer a row that is gone (a move) over one still on disk (a copy).
-            gone = row["deleted"] or (mark_missing and row["source"] == source and row["id"] not in seen)
-            if gone or row["content_hash"] not in by_hash:
-                by_hash[row["content_hash"]] = {**row, "gone": gone}
-    next_key = max((row["key"] for row in rows.values()), default=-1) + 1
-    for item in hashed:
-        twin = by_hash.get(item.content_hash)
-        if twin is not None and twin["gone"] and twin["id"] != item.id:
-            plan.keys[item.id] = twin["key"]
-            plan.reuse.append((item, twin["key"], twin["key"]))
-            plan.replaced_ids.append(twin["id"])
-            twin["gone"] = False  # one move per old row; further twins are copies
-            continue
-        plan.keys[item.id] = rows[item.id]["key"] if item.id in rows else next_key
-        next_key += item.id not in rows
-        if twin is not None:
-            plan.reuse.append((item, twin["key"], plan.keys[item.id]))
-        else:
-            plan.encode.append(item)
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: /proc, 10 ms resolution; elsewhere: since this module loaded)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - _IMPORTED_AT
 
 
 class _DecodeDataset:
@@ -262,15 +170,18 @@ def sync_items(
     target = _Target(store, dim, load_encoder)
 
     # Cheap changes first (no pixels decoded); each is one atomic LanceDB commit.
-    if plan.delete_ids:
-        _mark_deleted(store, plan.delete_ids)
+    if plan.delete_ids or plan.broken_ids:
+        _mark_deleted(store, plan.delete_ids + plan.broken_ids)
     if plan.reuse:
         stats.captions += _reuse_vectors(target, plan)
-    if plan.relabel:
-        rows = rows_to_table([_annotations(i) for i in plan.relabel], _annotation_schema(target.schema))
+        stats.written_keys += [new_key for _, _, new_key in plan.reuse]
+    if plan.relabel or plan.touched:
+        changed = {item.id: item for item in [*plan.touched, *plan.relabel]}.values()
+        rows = rows_to_table([_annotations(i) for i in changed], _annotation_schema(target.schema))
         store.update_columns(IMAGES, rows)
         stats.captions += _write_captions(target, plan.relabel)
-    stats.unchanged, stats.moved, stats.deleted = plan.unchanged, len(plan.reuse), len(plan.delete_ids)
+    stats.unchanged, stats.touched = plan.unchanged, len(plan.touched)
+    stats.moved, stats.deleted = len(plan.reuse), len(plan.delete_ids)
     if plan.encode:
         _encode_and_write(target, plan, batch_size, workers, show_progress, stats, skipped)
     stats.skipped_reasons = [(row["id"], row["reason"]) for row in skipped]
@@ -281,7 +192,7 @@ def sync_items(
     )
     store.delete(SKIPPED, stale)
     store.add(SKIPPED, rows_to_table(skipped, SKIPPED_SCHEMA))
-    stats.seconds = time.perf_counter() - started
+    stats.seconds = stats.sync_seconds = time.perf_counter() - started
     return stats
 
 
@@ -325,6 +236,7 @@ def _encode_and_write(
     def flush() -> None:
         stats.captions += _write_images(target, pending_rows, pending_items)
         stats.encoded += len(pending_rows)
+        stats.written_keys += [row["key"] for row in pending_rows]
         stats.updated += sum(item.id in plan.updated_ids for item in pending_items)
         pending_rows.clear()
         pending_items.clear()
@@ -333,9 +245,9 @@ def _encode_and_write(
     with counting_bar("encoding", len(plan.encode), show_progress, unit="img") as advance:
         for batch in decoded_batches(plan.encode, encoder, batch_size, workers):
             good = [(i, t, size) for i, t, size, err in batch if err is None]
-            skipped.extend(_skip_row(plan.encode[i], err) for i, _, _, err in batch if err is not None)
+            skipped.extend(skip_row(plan.encode[i], err) for i, _, _, err in batch if err is not None)
             if good:
-                vectors = encoder.encode_image_tensors(torch.stack([t for _, t, _ in good]))
+                vectors = encoder.encode_image_tensors(torch.stack([torch.as_tensor(t) for _, t, _ in good]))  # numpy too
                 for (i, _, (width, height)), vector in zip(good, vectors):
                     item = plan.encode[i]
                     pending_rows.append(_row(item, plan.keys[item.id], vector, width, height))
@@ -363,7 +275,8 @@ def _row(item: Item, key: int, vector: np.ndarray, width: int | None, height: in
     return {**vars(item), "key": key, "width": width, "height": height, "vector": vector, "deleted": False}
 
 
-_ANNOTATION_COLUMNS = ("id", "split", "label", "label_name", "captions")  # what can change without the pixels
+# What can change without the pixels (mtime and size: a touched file with the same content).
+_ANNOTATION_COLUMNS = ("id", "split", "label", "label_name", "captions", "mtime", "size")
 
 
 def _annotation_schema(schema: pa.Schema) -> pa.Schema:

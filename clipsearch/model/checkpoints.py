@@ -22,7 +22,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # a lying header (sizes, offsets, JSON), an empty or truncated file
+            raise ClipsearchError(f"cannot load checkpoint {path}: {err}".splitlines()[0]) from err
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -47,5 +50,8 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, Any]) -
 def weights_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # as in load_state_dict: a broken file is one line, never a traceback
+        raise ClipsearchError(f"cannot read checkpoint {path}: {err}".splitlines()[0]) from err

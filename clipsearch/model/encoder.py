@@ -23,6 +23,7 @@ from PIL import Image
 from ..errors import ClipsearchError
 from ..files import file_digest
 from .checkpoints import load_state_dict
+from .hub import snapshot_folder
 from .spec import RANDOM_INIT_SEED, ModelSpec, load_open_clip
 
 if TYPE_CHECKING:  # annotations only; the calls import torch where they run
@@ -44,24 +45,20 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[to
     import torch
 
     open_clip = load_open_clip()
-    if spec.is_random or spec.is_checkpoint:
+    if spec.source != "open_clip":
+        raise ClipsearchError(f"{spec.arch} is a transformers checkpoint: it embeds, but open_clip cannot build it")
+    if spec.is_hub_open_clip:  # the pinned snapshot in the Hugging Face cache: config, weights, preprocessing
+        model, train_tf, eval_tf = open_clip.create_model_and_transforms(open_clip_name(spec))
+        if spec.is_checkpoint:  # weights trained from it replace the repo's
+            _load_checkpoint(model, spec)
+    elif spec.is_random or spec.is_checkpoint:
         # Random init is seeded so two processes build identical weights; the
         # global RNG is left untouched.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
         if spec.is_checkpoint:
-            path = Path(spec.pretrained)
-            if not path.is_file():
-                raise ClipsearchError(f"checkpoint not found: {path}")
-            if file_digest(path, "sha256") != spec.checkpoint_sha256:
-                raise ClipsearchError(f"checkpoint {path} changed since the index was built (content hash differs)")
-            missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)
-            if missing or unexpected:
-                raise ClipsearchError(
-                    f"checkpoint {path} does not fit {spec.arch}: "
-                    f"{len(missing)} missing and {len(unexpected)} unexpected weights"
-                )
+            _load_checkpoint(model, spec)
         else:
             warnings.warn(
                 f"{spec.arch} uses random weights (--pretrained none): results are not meaningful", stacklevel=2
@@ -74,6 +71,27 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[to
         model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
     model.eval().to(device)
     return model, train_tf, eval_tf
+
+
+def _load_checkpoint(model: torch.nn.Module, spec: ModelSpec) -> None:
+    path = Path(spec.pretrained)
+    if not path.is_file():
+        raise ClipsearchError(f"checkpoint not found: {path}")
+    if file_digest(path, "sha256") != spec.checkpoint_sha256:
+        raise ClipsearchError(f"checkpoint {path} changed since the index was built (content hash differs)")
+    missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)
+    if missing or unexpected:
+        raise ClipsearchError(
+            f"checkpoint {path} does not fit {spec.arch}: {len(missing)} missing and {len(unexpected)} unexpected weights"
+        )
+
+
+def open_clip_name(spec: ModelSpec) -> str:
+    """The name open_clip builds a spec's model and tokenizer by (a hub model: its cached snapshot folder;
+    with a checkpoint trained from it, the snapshot main points to, for the architecture)."""
+    if not spec.is_hub_open_clip:
+        return spec.arch
+    return f"local-dir:{snapshot_folder(spec.arch, None if spec.is_checkpoint else spec.pretrained)}"
 
 
 def default_device() -> torch.device:
@@ -103,7 +121,7 @@ class Encoder:
             model, _train_transform, preprocess = build_model(spec, self.device)  # augmentation: training's
             built = (model, preprocess)
         self.model, self.preprocess = built
-        self.tokenizer = load_open_clip().get_tokenizer(spec.arch)
+        self.tokenizer = load_open_clip().get_tokenizer(open_clip_name(spec))
         with torch.inference_mode():  # the embedding width, whatever the tower types
             self.dim = int(self.model.encode_text(self.tokenizer(["a"]).to(self.device)).shape[-1])
 
@@ -131,7 +149,7 @@ class Encoder:
             for start in range(0, len(pixels), self.batch_size):
                 chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
                 out.append(self.model.encode_image(chunk, normalize=True).float().cpu())
-        return _as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
+        return as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch
@@ -150,10 +168,11 @@ class Encoder:
                 out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
         if not out:
             return np.zeros((0, self.dim), np.float32)
-        return _as_unit_float32(torch.cat(out))
+        return as_unit_float32(torch.cat(out))
 
 
-def _as_unit_float32(vectors: torch.Tensor) -> np.ndarray:
+def as_unit_float32(vectors: torch.Tensor) -> np.ndarray:
+    """Vectors as unit-length float32 numpy rows (every torch-run backend returns these)."""
     # Re-normalise in float32: the model may have computed in lower precision.
     array = vectors.numpy().astype(np.float32, copy=False)
     norms = np.linalg.norm(array, axis=1, keepdims=True)

@@ -8,6 +8,7 @@ or a pretrained tag must be looked up, never to read a spec back from a manifest
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..errors import ClipsearchError
 from ..files import file_digest
+from .hub import HF_HUB_PREFIX, HF_PREFIX, LOCAL_FOLDER, is_folder_name, is_hub_name, resolve_folder, resolve_repo
 
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -35,6 +37,15 @@ def load_open_clip() -> ModuleType:
 
 def shipped_architectures() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+@functools.cache
+def known_architectures() -> frozenset[str]:
+    """open_clip's architectures (its model_configs/*.json, found without importing open_clip, which
+    imports torch) and the shipped ones: checking a manifest's model costs no second of imports."""
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(f) / "model_configs" for f in (spec.submodule_search_locations or [])] if spec else []
+    return frozenset(shipped_architectures()) | {p.stem for folder in folders for p in folder.glob("*.json")}
 
 
 def architecture_image_size(arch: str) -> int:
@@ -60,13 +71,15 @@ class ModelSpec:
     """What produced a vector: architecture + weights. Stored in every manifest."""
 
     arch: str = DEFAULT_ARCH
-    pretrained: str = DEFAULT_PRETRAINED  # a tag, a checkpoint path, or "none"
-    checkpoint_sha256: str | None = None  # set for checkpoint files
+    pretrained: str = DEFAULT_PRETRAINED  # a tag, a checkpoint path, "none"; a hub repo's commit (model/hub.py)
+    checkpoint_sha256: str | None = None  # set for checkpoint files and saved transformers folders
 
     @classmethod
     def resolve(cls, arch: str | None, pretrained: str | None) -> ModelSpec:
-        """Validate names and pin a checkpoint file by its content hash."""
+        """Validate names and pin a checkpoint file by its content hash (a hub repo by its commit)."""
         arch = arch or DEFAULT_ARCH
+        if is_hub_name(arch):  # hf:org/name, hf:/saved/folder, hf-hub:org/name: no open_clip lookup
+            return cls._resolve_hub(arch, pretrained)
         if arch not in shipped_architectures() and arch not in load_open_clip().list_models():
             raise ClipsearchError(
                 f"unknown model '{arch}': choose an open_clip architecture "
@@ -88,6 +101,24 @@ class ModelSpec:
             raise ClipsearchError(f"unknown pretrained tag '{pretrained}' for {arch} (choices: {choices})")
         return cls(arch, pretrained)
 
+    @classmethod
+    def _resolve_hub(cls, arch: str, pretrained: str | None) -> ModelSpec:
+        if pretrained == RANDOM_INIT:  # also the trainer's default
+            raise ClipsearchError(
+                f"{arch} comes with its weights: --pretrained none does not apply (train an hf-hub: model "
+                f"from its weights with --pretrained main)"
+            )
+        if is_folder_name(arch):
+            return cls(*resolve_folder(arch, pretrained))
+        if arch.startswith(HF_HUB_PREFIX) and pretrained and _looks_like_path(pretrained):
+            # Weights trained from a hub model: its architecture from the cached repo, the weights from the file.
+            arch = resolve_repo(arch, None)[0]
+            path = Path(pretrained).expanduser().resolve()
+            if not path.is_file():
+                raise ClipsearchError(f"checkpoint not found: {pretrained}")
+            return cls(arch, str(path), file_digest(path, "sha256"))
+        return cls(*resolve_repo(arch, pretrained))
+
     @property
     def is_random(self) -> bool:
         return self.pretrained == RANDOM_INIT
@@ -96,8 +127,20 @@ class ModelSpec:
     def is_checkpoint(self) -> bool:
         return self.checkpoint_sha256 is not None
 
+    @property
+    def source(self) -> str:
+        """Who loads it: "open_clip" (a tag, a checkpoint, hf-hub:org/name) or "hf" (transformers)."""
+        return "hf" if self.arch.startswith(HF_PREFIX) else "open_clip"
+
+    @property
+    def is_hub_open_clip(self) -> bool:
+        """An open_clip model published on the Hugging Face hub (`hf-hub:org/name`)."""
+        return self.arch.startswith(HF_HUB_PREFIX)
+
     def identity(self) -> str:
         """A short string equal for exactly the specs that give the same vectors."""
+        if self.pretrained == LOCAL_FOLDER and self.checkpoint_sha256:  # the same files anywhere: one identity
+            return f"hf:folder@sha256:{self.checkpoint_sha256[:16]}"
         if self.is_checkpoint:
             return f"{self.arch}@sha256:{self.checkpoint_sha256[:16]}"
         if self.is_random:

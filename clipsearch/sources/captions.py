@@ -146,7 +146,11 @@ def _read_karpathy(path: Path) -> tuple[Entries, list[str]]:
         if not isinstance(image, dict) or not isinstance(image.get("filename"), str) or not image["filename"]:
             problems.append(f"{where}: no filename")
             continue
-        file = posixpath.join(image.get("filepath") or "", image["filename"])
+        raw_file = posixpath.join(image.get("filepath") or "", image["filename"])
+        file = _relative_file(raw_file, path.parent)
+        if file is None:
+            problems.append(f"{where}: image path {raw_file!r} leaves the dataset folder; refused")
+            continue
         sentences = image.get("sentences")
         raw = [s.get("raw") for s in sentences if isinstance(s, dict)] if isinstance(sentences, list) else []
         captions = [text.strip() for text in raw if isinstance(text, str) and text.strip()]

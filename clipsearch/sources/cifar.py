@@ -205,6 +205,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def load_batch_file(path: Path) -> dict[bytes, Any]:
     """Load one pickled CIFAR file (batch or meta) with bytes keys, like the official loader."""
+    if path.is_symlink() and not path.resolve().is_relative_to(path.parent.resolve()):
+        raise ClipsearchError(f"{path} refused: it is a symlink to {path.resolve()}, outside the CIFAR folder")
     try:
         with open(path, "rb") as f:
             loaded = _BatchUnpickler(f, encoding="bytes").load()

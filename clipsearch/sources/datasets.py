@@ -128,15 +128,23 @@ def _entries_on_disk(caption_file: Path, image_root: Path) -> tuple[list[Caption
     folders = Counter(posixpath.dirname(file) for file in by_file)
     known: set[str] = set()
     found_folders: set[str] = set()
+    root = image_root.resolve()
     for folder, count in sorted(folders.items()):
         path = image_root / folder
         if not path.is_dir():
             problems.append(f"{caption_file.name}: {count} captioned images skipped: folder {path} not found")
             continue
+        if not path.resolve().is_relative_to(root):  # a symlinked folder: nothing outside is read
+            problems.append(f"{caption_file.name}: {count} captioned images skipped: {path} leads outside {root}")
+            continue
         found_folders.add(folder)
-        # One listing per folder instead of a stat per image (COCO has 120k).
+        # One listing per folder instead of a stat per image (COCO has 120k); a symlink must stay inside.
         with os.scandir(path) as items:
-            known.update(posixpath.join(folder, item.name) for item in items if item.is_file())
+            known.update(
+                posixpath.join(folder, item.name)
+                for item in items
+                if item.is_file() and (not item.is_symlink() or Path(item.path).resolve().is_relative_to(root))
+            )
     checkable = {file: entry for file, entry in by_file.items() if posixpath.dirname(file) in found_folders}
     problems += check_known_files(checkable, known, caption_file.name)
     return [entry for file, entry in by_file.items() if file in known], problems

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ClipsearchError
-from .images import is_image_file
+from .images import file_kind, is_image_file
 from .items import Item
 
 
@@ -21,7 +22,8 @@ def scan_folder(root: Path, exclude: Sequence[str] = ()) -> list[Item]:
     """Every image file under root (recursive, any letter case), sorted by relative path.
 
     Hidden folders are skipped and folder symlinks are not followed (no loops);
-    unreadable files are still listed so the indexer records why they failed.
+    unreadable files are still listed so the indexer records why they failed: also broken or
+    looping symlinks, FIFOs and devices (never opened), and names that are not UTF-8.
     """
     root = Path(root)
     if not root.exists():
@@ -39,11 +41,36 @@ def scan_folder(root: Path, exclude: Sequence[str] = ()) -> list[Item]:
             relative = rel_dir + name
             if not is_image_file(name) or _excluded(relative, exclude):
                 continue
-            path = os.path.join(directory, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue  # vanished between listing and stat
-            items.append(Item(id=relative, uri=path, source=source, mtime=stat.st_mtime, size=stat.st_size))
+            item = _scanned(os.path.join(directory, name), relative, source)
+            if item is not None:
+                items.append(item)
     items.sort(key=lambda item: item.id)
     return items
+
+
+def _scanned(path: str, relative: str, source: str) -> Item | None:
+    """The Item of one listed file; one that cannot be read carries the reason (None: it vanished)."""
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:  # the table stores UTF-8 text: the name is kept escaped, for the record
+        return Item(
+            id=_escaped(relative),
+            uri=_escaped(path),
+            source=source,
+            unreadable="file name is not valid UTF-8; rename the file",
+        )
+    try:
+        info, reason = os.stat(path), None
+    except OSError as err:
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None  # vanished between listing and stat
+        reason = f"broken symlink: {err.strerror or err}"
+    if reason is None and not stat.S_ISREG(info.st_mode):
+        reason = f"not a regular file ({file_kind(info.st_mode)})"
+    return Item(id=relative, uri=path, source=source, mtime=info.st_mtime, size=info.st_size, unreadable=reason)
+
+
+def _escaped(text: str) -> str:
+    return os.fsencode(text).decode("utf-8", "backslashreplace")

@@ -5,6 +5,8 @@ or a one-line reason why it cannot.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,12 @@ IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 # Refuse decompression bombs ourselves (header only) instead of relying on
 # Pillow's warning; 100 MP admits every camera on the market.
 MAX_PIXELS = 100_000_000
+# Resizing the short side to the model's input scales the long side by the same factor: a
+# 300000x1 strip would become a 67-megapixel tensor. No photo is anywhere near this narrow.
+MAX_ASPECT_RATIO = 50
+# Files are read into memory with at most this many bytes (a 100 MP PNG is far smaller), so no read
+# is unbounded even if a file grows or is swapped for a device while it is read.
+MAX_FILE_BYTES = 512 * 1024 * 1024
 _ALPHA_BACKGROUND = (255, 255, 255)
 
 
@@ -59,6 +67,50 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
+def read_image_bytes(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, bounded by `limit`. FIFOs, devices and sockets (also behind a symlink)
+    are refused before they are read: opening a FIFO would wait forever, /dev/zero never ends."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except OSError as err:  # e.g. a symlink loop, a name too long
+        raise ImageDecodeError(f"unreadable: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError(f"not a regular file ({file_kind(info.st_mode)})")
+        if info.st_size > limit:
+            raise ImageDecodeError(f"too large: {info.st_size} bytes exceeds {limit // 2**20} MiB")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ImageDecodeError(f"too large: more than {limit // 2**20} MiB")
+    return data
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def check_dimensions(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse, from the header alone, images whose decode or preprocessing would cost too much."""
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"too large: {width}x{height} exceeds {max_pixels // 1_000_000} megapixels")
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise ImageDecodeError(f"too narrow: {width}x{height} is more than {MAX_ASPECT_RATIO}:1")
+
+
 def decode_image(source: str | Path | bytes, min_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a file (or its bytes) to an upright RGB image.
 
@@ -69,10 +121,9 @@ def decode_image(source: str | Path | bytes, min_size: int | None = None, max_pi
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = Image.open(io.BytesIO(source if isinstance(source, bytes) else read_image_bytes(source)))
             width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(f"too large: {width}x{height} exceeds {max_pixels // 1_000_000} megapixels")
+            check_dimensions(width, height, max_pixels)
             if min_size and image.format == "JPEG":
                 image.draft("RGB", (min_size, min_size))
             image.seek(0)  # first frame of animations

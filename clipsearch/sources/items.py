@@ -19,6 +19,7 @@ class Item:
     mtime: float = 0.0
     size: int = 0
     content_hash: str | None = None  # filled by the indexer for files, by the source for datasets
+    unreadable: str | None = None  # why the source already knows it cannot be read (stored in `skipped`)
 
     def metadata(self) -> tuple:
         """What can change without the pixels changing (e.g. an edited captions file)."""

@@ -174,7 +174,7 @@ def zero_shot_accuracy(
 @dataclass
 class Prediction:
     label: str
-    probability: float  # softmax(100 · cosine) over the whole label set
+    probability: float  # softmax(scale · cosine) over the whole label set (scale: the model's, else 100)
     cosine: float
 
 
@@ -189,7 +189,9 @@ def predict_images(
     if not 1 <= k <= len(class_names):
         raise ClipsearchError(f"-k must be between 1 and the number of classes ({len(class_names)}), got {k}")
     cosines = PrototypeIndex(prototypes).cosines(encoder.encode_images(images))
-    probabilities = softmax(LOGIT_SCALE * cosines.astype(np.float64))
+    # A transformers checkpoint carries its own temperature (HFEncoder.logit_scale); open_clip models use 100.
+    scale = getattr(encoder, "logit_scale", None) or LOGIT_SCALE
+    probabilities = softmax(scale * cosines.astype(np.float64))
     return [
         [Prediction(class_names[c], float(probabilities[row, c]), float(cosines[row, c])) for c in ranked]
         for row, ranked in enumerate(topk_predictions(cosines, k))

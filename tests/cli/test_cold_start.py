@@ -21,7 +21,7 @@ from clipsearch.api import Index
 
 N_IMAGES = 5
 TINY = ["--model", "tiny", "--pretrained", "none"]
-MODEL_MODULES = {"torch", "open_clip", "torchvision"}
+MODEL_MODULES = {"torch", "open_clip", "torchvision", "transformers"}
 
 # Runs each `clipsearch ARGS` of $COMMANDS (a JSON list) in turn; prints, as JSON, per command:
 # exit code, stdout, stderr and the heavy modules loaded so far.
@@ -38,7 +38,7 @@ for args in json.loads(os.environ["COMMANDS"]):
             main(args)
         except SystemExit as stop:
             code = stop.code or 0
-    heavy = [m for m in ("torch", "open_clip", "torchvision", "lancedb") if m in sys.modules]
+    heavy = [m for m in ("torch", "open_clip", "torchvision", "transformers", "lancedb") if m in sys.modules]
     reports.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "heavy": heavy})
 print(json.dumps(reports))
 """

@@ -25,6 +25,7 @@ from search_reference import assert_same_ranking, brute_force, image_vector, liv
 
 from clipsearch import api
 from clipsearch.errors import ClipsearchError
+from clipsearch.files import file_digest
 from clipsearch.index import sync as indexer
 from clipsearch.index.index import Index
 from clipsearch.tasks.prompts import default_templates, resolve_labels, resolve_templates
@@ -127,16 +128,20 @@ def test_incremental_reindex_encodes_only_changes(index: Index, folder: Path, ti
     stats = index.add_folder(folder, workers=0, progress=False)
     assert sum(calls) == 0 and (stats.unchanged, stats.encoded, stats.new, stats.updated) == (10, 0, 0, 0)
 
-    # Touch 3 files: exactly those 3 are encoded again, keeping their keys.
+    # Touch 3 files: their content hash is unchanged, so nothing is encoded; the vectors and keys stay,
+    # the new mtimes are stored (the next run finds them unchanged without hashing).
     touched = NAMES[1:4]
     for name in touched:
         stat = os.stat(folder / name)
         os.utime(folder / name, (stat.st_atime, stat.st_mtime + 100))
     calls.clear()
     stats = index.add_folder(folder, workers=0, progress=False)
-    assert sum(calls) == 3 and (stats.updated, stats.new, stats.unchanged) == (3, 0, 7)
+    assert sum(calls) == 0 and (stats.updated, stats.new, stats.unchanged, stats.touched) == (0, 0, 10, 3)
     assert {r["id"]: r["key"] for r in index.rows(columns=["id", "key"]).to_pylist()} == keys
-    assert all(np.allclose(_vectors_by_id(index)[n], before[n], atol=1e-6) for n in touched)  # same pixels
+    assert all(np.array_equal(_vectors_by_id(index)[n], before[n]) for n in touched)
+    mtimes = {r["id"]: r["mtime"] for r in index.rows(columns=["id", "mtime"]).to_pylist()}
+    assert all(mtimes[n] == os.stat(folder / n).st_mtime for n in touched)
+    assert index.add_folder(folder, workers=0, progress=False).touched == 0
 
     # New pixels under the same name: one encode, and the new vector is the new picture's.
     distinct_image(50).save(folder / NAMES[0])
@@ -230,6 +235,28 @@ def test_captions_follow_their_images(tmp_path: Path, tiny_encoder) -> None:
     index.add_folder(folder, workers=0, progress=False)
     assert index.search_captions("caption of im1.png", k=1)[0].row["image_id"] == "im1.png"
     assert index.counts()["captions"] == 4
+
+
+def test_touched_file_with_new_captions_keeps_its_vector_and_takes_the_captions(
+    tmp_path: Path, tiny_encoder, monkeypatch
+) -> None:
+    folder = tmp_path / "captioned"
+    names = [f"im{i}.png" for i in range(3)]
+    write_distinct_images(folder, names)
+    sidecar = folder / "captions.jsonl"
+    sidecar.write_text("".join(json.dumps({"file": n, "caption": f"old {n}"}) + "\n" for n in names))
+    index = Index.create("captioned", tmp_path / "indexes", encoder=tiny_encoder)
+    index.add_folder(folder, workers=0, progress=False)
+    before = _vectors_by_id(index)
+    os.utime(folder / "im1.png", (1, os.stat(folder / "im1.png").st_mtime + 50))
+    sidecar.write_text("".join(json.dumps({"file": n, "caption": f"new {n}"}) + "\n" for n in names))
+    calls = count_encoded(monkeypatch, tiny_encoder)
+    stats = index.add_folder(folder, workers=0, progress=False)
+    assert sum(calls) == 0 and (stats.touched, stats.unchanged, stats.updated) == (1, 3, 0)
+    assert np.array_equal(_vectors_by_id(index)["im1.png"], before["im1.png"])
+    rows = {r["id"]: r["captions"] for r in index.rows(columns=["id", "captions"]).to_pylist()}
+    assert rows == {n: [f"new {n}"] for n in names}
+    assert sorted(index.captions_of(names).column("caption").to_pylist()) == [f"new {n}" for n in names]
 
 
 def test_file_turned_corrupt_loses_its_vector(index: Index, folder: Path) -> None:
@@ -432,3 +459,67 @@ def test_api_index_runs_the_tasks_over_its_storage(tmp_path: Path, tiny_encoder)
     report = index.evaluate_retrieval("test")
     expected = brute_force_recall(index.store.path, "test", (1, 5, 10))
     assert {key: report[key] for key in expected} == expected
+
+
+# -- the FAISS file is derived data: trusted only when the manifest vouches for it (issue 12, items 6, 7, 13, 17)
+def _break_truncated(path: Path, other: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _break_garbage(path: Path, other: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+def _break_empty(path: Path, other: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _break_other_index(path: Path, other: Path) -> None:
+    shutil.copy(other, path)  # a valid FAISS file, of the same width, from another index
+
+
+def _break_directory(path: Path, other: Path) -> None:
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
+
+
+@pytest.mark.parametrize(
+    "damage", [_break_truncated, _break_garbage, _break_empty, _break_other_index, _break_directory]
+)
+def test_broken_or_foreign_faiss_file_is_rebuilt_not_trusted(
+    index: Index, folder: Path, tmp_path: Path, tiny_encoder, damage
+) -> None:
+    index.add_folder(folder, workers=0, progress=False)
+    other_folder = tmp_path / "other"
+    write_distinct_images(other_folder, ["x1.png", "x2.png", "x3.png"], first_seed=77)
+    other = Index.create("other", index.store.path.parent, encoder=tiny_encoder)
+    other.add_folder(other_folder, workers=0, progress=False)
+    damage(index.faiss_path, other.faiss_path)
+
+    reopened = Index.open("photos", index.store.path.parent, encoder=tiny_encoder)
+    query = reopened.query_vector("a dog")
+    assert_same_ranking(
+        [(h.id, h.score) for h in reopened.search(vector=query, k=10)],
+        brute_force(live_rows(reopened.store.path), query, 10),
+    )
+    assert index.faiss_path.is_file() and _faiss_keys(reopened) == {r["key"] for r in live_rows(index.store.path)}
+    record = json.loads((index.store.path / "manifest.json").read_text())["ann"]
+    assert record["bytes"] == index.faiss_path.stat().st_size and record["checksum"] == file_digest(index.faiss_path)
+
+
+def test_long_lived_index_sees_another_writer_on_its_next_query(index: Index, folder: Path, tiny_encoder) -> None:
+    index.add_folder(folder, workers=0, progress=False)
+    reader = Index.open("photos", index.store.path.parent, encoder=tiny_encoder)  # the TUI, a notebook
+    query = reader.query_vector("a dog")
+    assert len(reader.search(vector=query, k=50)) == 10
+    (folder / NAMES[0]).unlink()
+    distinct_image(60).save(folder / "new.png")
+    writer = Index.open("photos", index.store.path.parent, encoder=tiny_encoder)  # another process
+    writer.add_folder(folder, workers=0, progress=False)
+    found = {h.id for h in reader.search(vector=query, k=50)}
+    assert NAMES[0] not in found and "new.png" in found and len(found) == 10
+    writer.prune()
+    assert_same_ranking(
+        [(h.id, h.score) for h in reader.search(vector=query, k=50)],
+        brute_force(live_rows(index.store.path), query, 50),
+    )

@@ -17,7 +17,13 @@ from PIL import Image
 
 from clipsearch.index.index import Index
 from clipsearch.sources.folder import scan_folder
-from clipsearch.sources.images import ImageDecodeError, decode_image, is_image_file
+from clipsearch.sources.images import (
+    MAX_ASPECT_RATIO,
+    ImageDecodeError,
+    decode_image,
+    is_image_file,
+    read_image_bytes,
+)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -292,3 +298,34 @@ def test_decode_accepts_bytes(tmp_path: Path) -> None:
     write_distinct_images(tmp_path, ["q.png"])
     from_bytes = decode_image((tmp_path / "q.png").read_bytes())
     assert np.array_equal(np.asarray(from_bytes), np.asarray(Image.open(tmp_path / "q.png").convert("RGB")))
+
+
+# -- hostile files (issue 12: items 1, 2, 4) ------------------------------------------------
+@pytest.mark.timeout(20)
+def test_fifo_and_device_are_refused_without_opening_them(tmp_path: Path) -> None:
+    """A FIFO would block the open forever, /dev/zero never ends: both refused by their file type."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    for name, kind in (("pipe.jpg", "a FIFO"), ("zero.jpg", "a character device")):
+        with pytest.raises(ImageDecodeError, match=f"not a regular file \\({kind}\\)"):
+            decode_image(tmp_path / name)
+
+
+def test_extreme_aspect_ratio_is_refused_from_the_header(tmp_path: Path) -> None:
+    """A 300000x1 PNG is 0.3 MP (under the pixel bound) but would preprocess to a 67 MP tensor."""
+    Image.new("L", (300_000, 1), 128).save(tmp_path / "strip.png")
+    Image.new("L", (1, 300_000), 128).save(tmp_path / "column.png")
+    for name in ("strip.png", "column.png"):
+        with pytest.raises(ImageDecodeError, match="too narrow"):
+            decode_image(tmp_path / name)
+    Image.new("RGB", (MAX_ASPECT_RATIO * 4, 4)).save(tmp_path / "panorama.png")  # at the bound: kept
+    assert decode_image(tmp_path / "panorama.png").size == (MAX_ASPECT_RATIO * 4, 4)
+
+
+def test_reads_are_bounded_in_size(tmp_path: Path) -> None:
+    distinct_image_path = tmp_path / "ok.png"
+    Image.new("RGB", (40, 30), RED).save(distinct_image_path)
+    size = distinct_image_path.stat().st_size
+    assert len(read_image_bytes(distinct_image_path, limit=size)) == size
+    with pytest.raises(ImageDecodeError, match="too large"):
+        read_image_bytes(distinct_image_path, limit=size - 1)

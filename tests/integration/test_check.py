@@ -1,0 +1,161 @@
+"""`clipsearch check` (issue 12, acceptance 4): each corruption of items 6-13 is detected, one line
+each, and `--repair` gives back a searchable index whose answers equal a clean index's. The tests
+only corrupt files and then call the command, as a user's disk or hands would."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_runner import run_cli, run_json
+from imagegen import write_distinct_images
+
+TINY = ["--model", "tiny", "--pretrained", "none"]
+GOOD = ["a.png", "b.png", "c.jpg", "sub/d.png", "sub/e.png", "f.png"]
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two clean indexes of different folders under <dir>/indexes: 'photos' and 'other'."""
+    base = tmp_path_factory.mktemp("check")
+    write_distinct_images(base / "photos", GOOD)
+    write_distinct_images(base / "other", ["x.png", "y.png", "z.png"], first_seed=50)
+    for folder in ("photos", "other"):
+        code, _, stderr = run_cli("index", base / folder, *TINY, "--workers", "0", "--root", base / "indexes")
+        assert code == 0, stderr
+    return base
+
+
+@pytest.fixture
+def root(clean: Path, tmp_path: Path) -> Path:
+    shutil.copytree(clean / "indexes", tmp_path / "indexes")
+    return tmp_path / "indexes"
+
+
+def check(root: Path, *extra: str) -> tuple[int, dict]:
+    code, stdout, stderr = run_cli("check", "photos", "--root", root, "--json", *extra)
+    assert "Traceback" not in stderr, stderr
+    return code, json.loads(stdout)
+
+
+def answers(root: Path) -> list[tuple[str, float]]:
+    code, stdout, stderr = run_cli("search", "photos", "red", "+", "blue", "-k", "5", "--root", root, "--json")
+    assert code == 0 and "Traceback" not in stderr, stderr
+    return [(hit["id"], round(hit["score"], 5)) for hit in json.loads(stdout)]
+
+
+def images_table(root: Path) -> Path:
+    return root / "photos" / "db" / "images.lance"
+
+
+def _newest_version(table: Path) -> str:
+    return sorted(glob.glob(str(table / "_versions" / "*.manifest")))[0]  # lance names count down
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+# Corruptions that --repair fully undoes (every row is still readable): name -> (corrupt, words of the problem).
+REPAIRABLE = {
+    "6: faiss truncated": (lambda r: os.truncate(r / "photos" / "images.faiss", 60), "images.faiss"),
+    "6: faiss garbage": (lambda r: _write(r / "photos" / "images.faiss", b"\x07" * 4096), "images.faiss"),
+    "6: faiss empty": (lambda r: _write(r / "photos" / "images.faiss", b""), "images.faiss"),
+    "7: another index's faiss": (
+        lambda r: shutil.copy(r / "other" / "images.faiss", r / "photos" / "images.faiss"),
+        "images.faiss",
+    ),
+    "11: key index deleted": (
+        lambda r: [shutil.rmtree(d) for d in glob.glob(str(images_table(r) / "_indices" / "*"))],
+        "BTree",
+    ),
+    "12: skipped table deleted": (lambda r: shutil.rmtree(r / "photos" / "db" / "skipped.lance"), "skipped"),
+    "13: faiss is a folder": (
+        lambda r: (os.remove(r / "photos" / "images.faiss"), os.mkdir(r / "photos" / "images.faiss")),
+        "not a file",
+    ),
+    "counts wrong": (lambda r: _edit_manifest(r, counts={"images": 99}), "counts"),
+}
+
+
+def _edit_manifest(root: Path, **changes: object) -> None:
+    path = root / "photos" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_clean_index_is_healthy(root: Path) -> None:
+    assert check(root) == (0, {"name": "photos", "healthy": True, "problems": [], "repaired": []})
+
+
+@pytest.mark.parametrize("case", REPAIRABLE)
+def test_each_corruption_is_detected_and_repaired(root: Path, clean: Path, case: str) -> None:
+    corrupt, words = REPAIRABLE[case]
+    corrupt(root)
+    code, report = check(root)
+    assert code == 1 and not report["healthy"], report
+    assert any(words in problem for problem in report["problems"]), report
+    assert all("\n" not in problem for problem in report["problems"])
+    code, report = check(root, "--repair")
+    assert code == 0 and report["healthy"] and report["repaired"], report
+    assert answers(root) == answers(clean / "indexes")
+    assert check(root)[0] == 0
+
+
+def test_damaged_newest_version_rolls_back_to_the_last_good_one(root: Path, clean: Path) -> None:
+    """Item 10: a truncated version file. The newest version only rebuilt derived files, so the
+    previous one holds every row."""
+    os.truncate(_newest_version(images_table(root)), 40)
+    code, report = check(root)
+    assert code == 1 and any("table images" in p for p in report["problems"]), report
+    code, report = check(root, "--repair")
+    assert code == 0 and any("set aside" in line for line in report["repaired"]), report
+    assert answers(root) == answers(clean / "indexes")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_damaged_data_file_keeps_what_is_readable_and_a_reindex_restores_the_rest(
+    root: Path, clean: Path, damage: str
+) -> None:
+    """Item 10: the table's only data file is gone; repair leaves a consistent (here empty) index
+    that searches, and re-indexing the folder gives the clean index's answers."""
+    for path in glob.glob(str(images_table(root) / "data" / "*.lance")):
+        os.truncate(path, 100) if damage == "truncated" else os.remove(path)
+    code, report = check(root)
+    assert code == 1 and any("table images" in p for p in report["problems"]), report
+    code, report = check(root, "--repair")
+    assert code == 0 and report["healthy"], report
+    kept = run_json("info", "photos", "--root", root)["counts"]["images"]
+    assert any(f"the {kept} rows still readable" in line for line in report["repaired"]), report
+    code, _, stderr = run_cli("search", "photos", "red", "--root", root)  # searchable, if (here) empty
+    assert code == 0 and "Traceback" not in stderr, stderr
+    code, _, stderr = run_cli("index", clean / "photos", "--root", root, "--workers", "0")
+    assert code == 0, stderr
+    assert answers(root) == answers(clean / "indexes")
+    assert check(root)[0] == 0
+
+
+@pytest.mark.parametrize("text", ["", "{", "{}", '{"format": 1, "model": {}, "dim": 64}'])
+def test_broken_manifest_is_detected_and_not_guessed(root: Path, text: str) -> None:
+    """Item 8: the manifest names the model; check reports it with the fix and repairs nothing."""
+    (root / "photos" / "manifest.json").write_text(text)
+    for extra in ((), ("--repair",)):
+        code, report = check(root, *extra)
+        assert code == 1 and report["repaired"] == [] and "manifest.json" in report["problems"][0], report
+
+
+def test_list_reports_a_corrupt_index_and_check_names_it(root: Path) -> None:
+    """Item 9: list shows the others; check of the bad one says what is wrong."""
+    (root / "photos" / "manifest.json").write_text("garbage")
+    code, stdout, stderr = run_cli("list", "--root", root, "--json")
+    assert code == 0 and [row["name"] for row in json.loads(stdout)] == ["other"], stderr
+    assert check(root)[0] == 1
+
+
+def test_unknown_index_is_one_line(root: Path) -> None:
+    code, _, stderr = run_cli("check", "nope", "--root", root)
+    assert code == 1 and stderr.startswith("error: unknown index 'nope'") and "Traceback" not in stderr
