@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from ..model.interface import EncoderLike
 from ..present.progress import counting_bar
-from ..sources.images import ImageDecodeError, open_uri
+from ..sources.images import ImageDecodeError, open_uri, time_limit
 from ..sources.items import Item
 from .plan import Plan, plan_sync, skip_row
 from .store import (
@@ -108,8 +108,9 @@ class _DecodeDataset:
 
     def __getitem__(self, index: int) -> tuple[int, Any, tuple[int, int] | None, str | None]:
         try:
-            image = open_uri(self.items[index].uri, min_size=self.min_size)
-            return index, self.preprocess(image), image.info.get("original_size", image.size), None
+            with time_limit():
+                image = open_uri(self.items[index].uri, min_size=self.min_size)
+                return index, self.preprocess(image), image.info.get("original_size", image.size), None
         except ImageDecodeError as err:
             return index, None, None, str(err)
         except Exception as err:  # a decoder bug on one file must not stop the run
@@ -247,7 +248,9 @@ def _encode_and_write(
             good = [(i, t, size) for i, t, size, err in batch if err is None]
             skipped.extend(skip_row(plan.encode[i], err) for i, _, _, err in batch if err is not None)
             if good:
-                vectors = encoder.encode_image_tensors(torch.stack([torch.as_tensor(t) for _, t, _ in good]))  # numpy too
+                vectors = encoder.encode_image_tensors(
+                    torch.stack([torch.as_tensor(t) for _, t, _ in good])
+                )  # numpy too
                 for (i, _, (width, height)), vector in zip(good, vectors):
                     item = plan.encode[i]
                     pending_rows.append(_row(item, plan.keys[item.id], vector, width, height))

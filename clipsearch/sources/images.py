@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import stat
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +38,42 @@ MAX_ASPECT_RATIO = 50
 # Files are read into memory with at most this many bytes (a 100 MP PNG is far smaller), so no read
 # is unbounded even if a file grows or is swapped for a device while it is read.
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# One file's read + decode + preprocess may take this long before it is skipped: a stalled network
+# mount or a pathological file must not block an indexing run.
+DECODE_SECONDS = 60.0
 _ALPHA_BACKGROUND = (255, 255, 255)
 
 
 class ImageDecodeError(Exception):
     """The file is not a usable image; the message is the reason stored in `skipped`."""
+
+
+@contextmanager
+def time_limit(seconds: float | None = None) -> Iterator[None]:
+    """Raise ImageDecodeError when the block runs longer than `seconds` (default DECODE_SECONDS,
+    read at call time) of real time.
+
+    Signals reach only a process's main thread: decoding workers are processes, and the CLI decodes
+    in its main thread; elsewhere (a UI worker thread) the block runs without a limit.
+    """
+    seconds = DECODE_SECONDS if seconds is None else seconds
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise ImageDecodeError(f"reading and decoding took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    pending, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if pending > 0:  # give back a timer someone else had set (a caller's alarm, a test timeout)
+            signal.setitimer(signal.ITIMER_REAL, max(pending - (time.monotonic() - started), 1e-3))
 
 
 def is_image_file(path: str | Path) -> bool:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import lancedb
@@ -20,6 +21,9 @@ from caption_fixture import karpathy_image, write_image, write_karpathy
 from cli_runner import run_cli, run_json
 from imagegen import write_distinct_images
 from PIL import Image
+
+from clipsearch.index import sync
+from clipsearch.sources import images
 
 TINY = ["--model", "tiny", "--pretrained", "none"]
 GOOD = ["a.png", "b.png", "c.jpg", "sub/d.png", "sub/e.png", "f.png"]
@@ -432,3 +436,28 @@ def test_readers_see_no_errors_during_writes_and_the_new_rows_after(clean: Path,
     expected = sorted({*GOOD, "moved.png", "new.png"} - {"a.png", "sub/d.png"})
     assert result["errors"] == [] and result["searches"] > 0, result
     assert result["ids"] == expected
+
+
+# -- a read or decode that stalls --------------------------------------------------------------
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_stalled_read_is_skipped_with_its_reason_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    folder = tmp_path / "slow"
+    write_distinct_images(folder, ["a.png", "b.png", "c.png"])
+    stalled = "b.png"
+    real_open_uri = sync.open_uri
+
+    def open_uri(uri: str, **kwargs):  # stands in for a file on a mount that stopped answering
+        if uri.endswith(stalled):
+            threading.Event().wait(30)
+        return real_open_uri(uri, **kwargs)
+
+    monkeypatch.setattr(sync, "open_uri", open_uri)
+    monkeypatch.setattr(images, "DECODE_SECONDS", 1.0)  # workers are forked: they inherit both patches
+    args = ("index", folder, *TINY, "--workers", workers, "--root", tmp_path / "ix", "--json")
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    summary = json.loads(stdout)
+    assert summary["new"] == 2 and summary["skipped"] == 1
+    assert summary["skipped_files"] == [[stalled, "reading and decoding took longer than 1 s"]]

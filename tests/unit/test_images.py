@@ -5,6 +5,8 @@ files become correct upright RGB pixels; JPEG draft decoding stays close to a fu
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from clipsearch.sources.images import (
     decode_image,
     is_image_file,
     read_image_bytes,
+    time_limit,
 )
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -329,3 +332,20 @@ def test_reads_are_bounded_in_size(tmp_path: Path) -> None:
     assert len(read_image_bytes(distinct_image_path, limit=size)) == size
     with pytest.raises(ImageDecodeError, match="too large"):
         read_image_bytes(distinct_image_path, limit=size - 1)
+
+
+def test_time_limit_stops_a_stall_and_gives_back_a_timer_that_was_already_set() -> None:
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)  # e.g. pytest-timeout's own alarm
+        with time_limit(5):
+            pass
+        assert 20 < signal.getitimer(signal.ITIMER_REAL)[0] <= 30  # the outer timer still runs
+        with pytest.raises(ImageDecodeError, match=r"longer than 0\.05 s"), time_limit(0.05):
+            time.sleep(2)
+        assert 20 < signal.getitimer(signal.ITIMER_REAL)[0] <= 30
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not fired
