@@ -142,33 +142,42 @@ class Encoder:
 
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode an already preprocessed batch (N, 3, H, W)."""
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
-                out.append(self.model.encode_image(chunk, normalize=True).float().cpu())
-        return as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
+        return batched_unit_vectors(
+            len(pixels),
+            self.batch_size,
+            self.dim,
+            lambda rows: self.model.encode_image(pixels[rows].to(self.device, non_blocking=True), normalize=True),
+        )
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        import torch
-
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
+        return encode_pil_images(self, images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
+        return batched_unit_vectors(
+            len(texts),
+            self.batch_size,
+            self.dim,
+            lambda rows: self.model.encode_text(self.tokenizer(list(texts[rows])).to(self.device), normalize=True),
+        )
 
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
-                out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
-        if not out:
-            return np.zeros((0, self.dim), np.float32)
-        return as_unit_float32(torch.cat(out))
+
+def batched_unit_vectors(n: int, batch_size: int, dim: int, embed: Callable[[slice], torch.Tensor]) -> np.ndarray:
+    """`embed` run on consecutive slices of `n` inputs without gradients: (n, dim) unit float32 rows.
+    Both torch encoders (open_clip and transformers) batch through this."""
+    import torch
+
+    with torch.inference_mode():
+        out = [embed(slice(start, start + batch_size)).float().cpu() for start in range(0, n, batch_size)]
+    return as_unit_float32(torch.cat(out)) if out else np.zeros((0, dim), np.float32)
+
+
+def encode_pil_images(encoder: Any, images: Sequence[Image.Image]) -> np.ndarray:
+    """Preprocess PIL images with the encoder's own transform and encode them as one batch."""
+    import torch
+
+    if not images:
+        return np.zeros((0, encoder.dim), np.float32)
+    return encoder.encode_image_tensors(torch.stack([torch.as_tensor(encoder.preprocess(im)) for im in images]))
 
 
 def as_unit_float32(vectors: torch.Tensor) -> np.ndarray:

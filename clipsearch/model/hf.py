@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ClipsearchError
-from .encoder import as_unit_float32, default_device
+from .encoder import batched_unit_vectors, default_device, encode_pil_images
 from .hub import model_folder
 from .spec import ModelSpec
 
@@ -108,39 +108,24 @@ class HFEncoder:
 
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode an already preprocessed batch (N, 3, H, W)."""
-        import torch
-
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                chunk = pixels[start : start + self.batch_size].to(self.device, non_blocking=True)
-                out.append(_features(self.model.get_image_features(pixel_values=chunk)).float().cpu())
-        return as_unit_float32(torch.cat(out) if out else torch.empty(0, self.dim))
+        return batched_unit_vectors(
+            len(pixels),
+            self.batch_size,
+            getattr(self, "dim", 0),
+            lambda rows: _features(self.model.get_image_features(pixel_values=pixels[rows].to(self.device))),
+        )
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        import torch
-
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
+        return encode_pil_images(self, images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
+        return batched_unit_vectors(
+            len(texts), self.batch_size, getattr(self, "dim", 0), lambda rows: self._text_features(texts[rows])
+        )
 
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                tokens = self.tokenizer(
-                    list(texts[start : start + self.batch_size]),
-                    padding=self.padding,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                inputs = {
-                    name: tokens[name].to(self.device) for name in ("input_ids", "attention_mask") if name in tokens
-                }
-                out.append(_features(self.model.get_text_features(**inputs)).float().cpu())
-        if not out:
-            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
-        return as_unit_float32(torch.cat(out))
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            list(texts), padding=self.padding, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        inputs = {name: tokens[name].to(self.device) for name in ("input_ids", "attention_mask") if name in tokens}
+        return _features(self.model.get_text_features(**inputs))
