@@ -34,6 +34,7 @@ from .exported import (
     ExportedEncoder,
     as_unit_float32,
     compile_tower,
+    encode_numpy_images,
     read_meta,
 )
 from .exported import export_folder as folder_of
@@ -302,9 +303,7 @@ class DeferredInt8Encoder:
         return self.ready.encode_image_tensors(pixels)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_image_tensors(np.stack([self.preprocess(im) for im in images]))
+        return encode_numpy_images(self, images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if self.ready is None:

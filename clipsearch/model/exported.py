@@ -147,9 +147,7 @@ class ExportedEncoder:
         return self._encode("image", [batch[s : s + self.batch_size] for s in range(0, len(batch), self.batch_size)])
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.encode_image_tensors(np.stack([self.preprocess(im) for im in images]))
+        return encode_numpy_images(self, images)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
@@ -169,3 +167,10 @@ def check_precision(backend: str, precision: str) -> None:
         raise ClipsearchError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if backend == "onnx" and precision == "bf16":
         raise ClipsearchError("ONNX Runtime has no bf16 CPU path here: use --backend openvino or --precision fp32|int8")
+
+
+def encode_numpy_images(encoder: Any, images: Sequence[Image.Image]) -> np.ndarray:
+    """Preprocess PIL images with the encoder's numpy transform (no torch) and encode them as one batch."""
+    if not images:
+        return np.zeros((0, encoder.dim), np.float32)
+    return encoder.encode_image_tensors(np.stack([encoder.preprocess(im) for im in images]))

@@ -169,12 +169,8 @@ def decode_image(source: str | Path | bytes, min_size: int | None = None, max_pi
             turned = upright.size != image.size  # a 90° EXIF turn swaps the sides
             upright.info["original_size"] = (height, width) if turned else (width, height)
             return upright
-    except ImageDecodeError:
+    except ImageDecodeError:  # read_image_bytes already said why (missing, permission, not a file)
         raise
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except PermissionError:
-        raise ImageDecodeError("permission denied") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as err:
