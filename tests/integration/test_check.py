@@ -12,29 +12,20 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli, run_json
-from imagegen import write_distinct_images
+from index_helpers import GOOD, build_clean_indexes, private_root
 
-TINY = ["--model", "tiny", "--pretrained", "none"]
-GOOD = ["a.png", "b.png", "c.jpg", "sub/d.png", "sub/e.png", "f.png"]
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two clean indexes of different folders under <dir>/indexes: 'photos' and 'other'."""
-    base = tmp_path_factory.mktemp("check")
-    write_distinct_images(base / "photos", GOOD)
-    write_distinct_images(base / "other", ["x.png", "y.png", "z.png"], first_seed=50)
-    for folder in ("photos", "other"):
-        code, _, stderr = run_cli("index", base / folder, *TINY, "--workers", "0", "--root", base / "indexes")
-        assert code == 0, stderr
-    return base
+    return build_clean_indexes(tmp_path_factory.mktemp("check"), {"photos": GOOD, "other": ["x.png", "y.png", "z.png"]})
 
 
 @pytest.fixture
 def root(clean: Path, tmp_path: Path) -> Path:
-    shutil.copytree(clean / "indexes", tmp_path / "indexes")
-    return tmp_path / "indexes"
+    return private_root(clean, tmp_path)
 
 
 def check(root: Path, *extra: str) -> tuple[int, dict]:

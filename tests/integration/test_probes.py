@@ -170,51 +170,27 @@ def test_probe_train_and_eval_never_decode_or_encode_an_image(root, monkeypatch)
 
 
 def test_shots_pick_exactly_k_per_class_the_same_for_the_same_seed(root, classes):
-    first = run_json(
-        "probe",
-        "train",
-        NAME,
-        "--kind",
-        "linear",
-        "--shots",
-        "3",
-        "--seed",
-        "5",
-        "--out",
-        root / "a.safetensors",
-        "--root",
-        root,
-    )
-    again = run_json(
-        "probe",
-        "train",
-        NAME,
-        "--kind",
-        "linear",
-        "--shots",
-        "3",
-        "--seed",
-        "5",
-        "--out",
-        root / "b.safetensors",
-        "--root",
-        root,
-    )
-    other = run_json(
-        "probe",
-        "train",
-        NAME,
-        "--kind",
-        "linear",
-        "--shots",
-        "3",
-        "--seed",
-        "6",
-        "--out",
-        root / "c.safetensors",
-        "--root",
-        root,
-    )
+    def train_shots(seed: int, name: str) -> dict:
+        out = root / f"{name}.safetensors"
+        return run_json(
+            "probe",
+            "train",
+            NAME,
+            "--kind",
+            "linear",
+            "--shots",
+            "3",
+            "--seed",
+            str(seed),
+            "--out",
+            out,
+            "--root",
+            root,
+        )
+
+    first = train_shots(5, "a")
+    again = train_shots(5, "b")
+    other = train_shots(6, "c")
 
     ids, names, _ = stored(root, "train")
     label_of = dict(zip(ids, names))

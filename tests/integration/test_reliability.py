@@ -20,13 +20,12 @@ import pytest
 from caption_fixture import karpathy_image, write_image, write_karpathy
 from cli_runner import run_cli, run_json
 from imagegen import write_distinct_images
+from index_helpers import GOOD, TINY, build_clean_indexes, private_root
 from PIL import Image
 
 from clipsearch.index import sync
 from clipsearch.sources import images
 
-TINY = ["--model", "tiny", "--pretrained", "none"]
-GOOD = ["a.png", "b.png", "c.jpg", "sub/d.png", "sub/e.png", "f.png"]
 BAD_NAME = b"bad\xff\xfe.jpg"
 # file -> the reason `skipped` must give (a substring)
 HOSTILE = {
@@ -66,18 +65,12 @@ def write_hostile_folder(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean index 'photos' of GOOD under <dir>/indexes, its folder at <dir>/photos."""
-    base = tmp_path_factory.mktemp("clean")
-    write_distinct_images(base / "photos", GOOD)
-    code, _, stderr = run_cli("index", base / "photos", *TINY, "--workers", "0", "--root", base / "indexes", "--json")
-    assert code == 0, stderr
-    return base
+    return build_clean_indexes(tmp_path_factory.mktemp("clean"), {"photos": GOOD})
 
 
 @pytest.fixture
 def root(clean: Path, tmp_path: Path) -> Path:
-    """A private copy of the clean index root, free to corrupt."""
-    shutil.copytree(clean / "indexes", tmp_path / "indexes")
-    return tmp_path / "indexes"
+    return private_root(clean, tmp_path)
 
 
 def search_ids(root: Path, *extra: str) -> list[tuple[str, float]]:
