@@ -10,8 +10,8 @@ then, in this process:
   - recall@10 of those queries against exact brute force over the table,
   - RSS after loading the index and querying,
   - the time to add 1 and 100 vectors and to delete 1 row (a re-index of a deleted file marks its
-    row deleted: that write, then the in-place FAISS update and save),
-  - how the FAISS file changed (in place: no rebuild).
+    row deleted: that write, then the in-place FAISS update and its save: a small delta file),
+  - how the FAISS file changed (in place: no rebuild; the delta beside it).
 
     python bench/bench_scale.py                 # N = 100,000
     python bench/bench_scale.py --n 100000 1000000   # 1M takes a while on 2 cores (tens of minutes)
@@ -58,7 +58,7 @@ def rss_mb() -> float:
 
 def run(n: int, work: Path) -> dict:
     from clipsearch.index import ann
-    from clipsearch.index.imported import import_vectors
+    from clipsearch.index.imported import Embeddings, import_vectors
     from clipsearch.index.index import Index
     from clipsearch.index.store import IMAGES, sql_in
     from clipsearch.index.sync import SyncStats
@@ -119,9 +119,9 @@ def run(n: int, work: Path) -> dict:
         extra = clustered(m, seed, concepts)
         import pyarrow as pa
 
-        meta = pa.table({"id": [f"extra-{seed}-{i}" for i in range(m)]})
+        embeddings = Embeddings.from_arrays(extra, pa.table({"id": [f"extra-{seed}-{i}" for i in range(m)]}))
         t = time.perf_counter()
-        index.write_rows(lambda: import_vectors(index.store, extra, meta, "import:bench", DIM), "import:bench")
+        index.write_rows(lambda: import_vectors(index.store, embeddings, "import:bench", DIM), "import:bench")
         return time.perf_counter() - t
 
     add1, add100 = timed_import(1, 11), timed_import(100, 12)
@@ -152,6 +152,7 @@ def run(n: int, work: Path) -> dict:
         "add_100_s": round(add100, 2),
         "delete_1_s": round(delete1, 2),
         "faiss_mb": round(index.faiss_path.stat().st_size / 2**20),
+        "delta_after_writes": record.get("delta"),  # the small change file beside the FAISS file (ann_delta.py)
     }
 
 

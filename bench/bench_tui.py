@@ -7,7 +7,9 @@ What is timed is `clipsearch.tui.actions.run_query`, the exact call the TUI's se
 once the model is warm: query parsing + text encoding + FAISS search + fetching the hit
 rows from LanceDB. Its parts are timed apart too (encoding alone; search + row fetch
 from a given vector; the FAISS search alone), and, with `--ui`, the round trip in the app itself (Textual's
-headless pilot: enter pressed -> results listed), which adds the UI's own work.
+headless pilot: enter pressed -> results listed), which adds the UI's own work. `--quit` times what a user
+waits for after `escape q`: `clipsearch tui` run in a pseudo-terminal, from q pressed to the process gone,
+once the model is ready and once while it is still loading.
 
 The index rows are 10,000 random unit vectors written straight into a fresh index of the
 model (`clipsearch.store` rows, then `Index.rebuild_ann`) instead of 10,000 encoded images:
@@ -20,9 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
+import pty
+import select
+import signal
+import struct
+import subprocess
 import sys
 import tempfile
+import termios
 import time
 import warnings
 from collections.abc import Callable
@@ -124,6 +133,43 @@ def ui_round_trips_ms(index: Index, queries: int) -> tuple[np.ndarray, np.ndarra
     return both[:, 0], both[:, 1]
 
 
+def _read_until(fd: int, marker: bytes, seconds: float) -> bool:
+    """Read the terminal's output until `marker` shows (True) or `seconds` pass."""
+    seen, deadline = b"", time.perf_counter() + seconds
+    while marker not in seen and time.perf_counter() < deadline:
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                seen = (seen + os.read(fd, 65536))[-4096:]
+            except OSError:  # the terminal closed: the process is gone
+                return False
+    return marker in seen
+
+
+def quit_seconds(root: Path, name: str, when: str) -> float:
+    """Seconds from `q` (after escape) to the process gone, for `clipsearch tui` in a pseudo-terminal,
+    pressed once the status says `when` ("ready", or "loading" the model)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 36, 120, 0, 0))  # rows, columns as a window's
+    command = [sys.executable, "-m", "clipsearch", "tui", name, "--root", str(root)]
+    env = {**os.environ, "TERM": "xterm-256color"}
+    process = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, env=env, close_fds=True)
+    os.close(follower)
+    try:
+        if not _read_until(leader, when.encode(), 300):
+            raise RuntimeError(f"clipsearch tui never showed {when!r}")
+        os.write(leader, b"\x1b")
+        _read_until(leader, b"\x00", 1.0)  # a second apart: escape then q, not alt+q
+        os.write(leader, b"q")
+        pressed = time.perf_counter()
+        while process.poll() is None:
+            _read_until(leader, b"\x00", 0.01)  # keep the terminal drained while it exits
+            if time.perf_counter() - pressed > 60:
+                process.send_signal(signal.SIGKILL)
+        return time.perf_counter() - pressed
+    finally:
+        os.close(leader)
+
+
 def summary(ms: np.ndarray) -> dict[str, float]:
     return {
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
@@ -133,7 +179,7 @@ def summary(ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def bench_model(name: str, rows: int, queries: int, k: int, ui: bool, root: Path) -> dict[str, Any]:
+def bench_model(name: str, rows: int, queries: int, k: int, ui: bool, quit_runs: int, root: Path) -> dict[str, Any]:
     arch, pretrained = MODELS[name]
     start = time.perf_counter()
     encoder = Encoder.load(arch, pretrained)
@@ -159,6 +205,10 @@ def bench_model(name: str, rows: int, queries: int, k: int, ui: bool, root: Path
     if ui:
         round_trips, in_worker = ui_round_trips_ms(index, min(queries, 30))
         result["ui_round_trip"], result["ui_query_in_worker"] = summary(round_trips), summary(in_worker)
+    if quit_runs:
+        for when in ("ready", "loading"):
+            seconds = [quit_seconds(index.store.path.parent, index.name, when) for _ in range(quit_runs)]
+            result[f"quit_{when}_s"] = [round(s, 3) for s in seconds]
     return result
 
 
@@ -169,6 +219,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--ui", action="store_true", help="Also time the round trip through the app (headless).")
+    parser.add_argument("--quit", type=int, default=0, metavar="N", help="Also time N quits of the real app (pty).")
     parser.add_argument(
         "--threads",
         type=int,
@@ -192,7 +243,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            results["models"][name] = bench_model(name, args.rows, args.queries, args.k, args.ui, Path(tmp))
+            results["models"][name] = bench_model(name, args.rows, args.queries, args.k, args.ui, args.quit, Path(tmp))
 
     table = Table(title=f"warm query latency, {args.rows:,} rows, k={args.k} (ms; torch threads {results['threads']})")
     for column in ("model", "what", "p50", "p95", "mean", "n"):
@@ -218,6 +269,11 @@ def main() -> None:
                     str(s["n"]),
                 )
     Console().print(table)
+    for result in results["models"].values():
+        if "quit_ready_s" in result:
+            print(
+                f"{result['model']}: quit once ready {result['quit_ready_s']} s, while loading {result['quit_loading_s']} s"
+            )
     if args.out:
         write_json(args.out, results)
 

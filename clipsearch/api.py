@@ -29,6 +29,11 @@ from .tasks import retrieval, zeroshot, zeroshot_eval
 class Index(storage.Index):
     """An index folder (see `index.index.Index`) plus zero-shot classification and evaluations."""
 
+    def info(self) -> dict[str, Any]:
+        """What `clipsearch info NAME --json` prints (and `clipsearch serve`'s /api/info): the storage's info
+        plus the index root folder."""
+        return {**super().info(), "root": str(self.store.path.parent)}
+
     def classify(self, labels: str, templates: str | None = None) -> dict[str, int]:
         """Zero-shot label every image (zs_label/zs_score columns); returns counts per class."""
         return zeroshot.classify(self, labels, templates).counts

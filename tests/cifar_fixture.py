@@ -69,10 +69,12 @@ def make_cifar_archive(
     n_test_per_class: int = 3,
     seed: int = 0,
     n_classes: int | None = None,
+    names: list[str] | None = None,
 ) -> Path:
-    """Write `<tmp>/<official archive name>` (e.g. cifar-10-python.tar.gz) and return its path."""
+    """Write `<tmp>/<official archive name>` (e.g. cifar-10-python.tar.gz) and return its path; `names`:
+    other class names in its meta file than the official ones (a CIFAR-format dataset of other classes)."""
     spec = VARIANTS[variant]
-    names = _RAW_NAMES[variant][: n_classes or len(_RAW_NAMES[variant])]
+    names = names or _RAW_NAMES[variant][: n_classes or len(_RAW_NAMES[variant])]
     rng = np.random.default_rng(seed)
     staging = Path(tmp) / f".staging-{variant}"
     folder = staging / spec.folder

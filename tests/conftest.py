@@ -35,6 +35,7 @@ socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("CLIPSEARCH_HOME", str(home / "indexes"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "xdg-data"))  # the default root too, were CLIPSEARCH_HOME unset
     monkeypatch.setenv("CLIPSEARCH_DATA", str(home / "data"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))  # an empty model cache: nothing can be found there
 

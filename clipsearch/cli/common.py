@@ -8,15 +8,29 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..api import Index
 from ..errors import ClipsearchError
+from ..present.progress import STDERR as PROGRESS_CONSOLE
+from ..present.tables import fitted_table
 
-out = Console()
-err = Console(stderr=True)
+out = Console()  # results only: tables, --json, --paths
+err = Console(stderr=True)  # status lines and warnings: silenced by --quiet
+always = Console(stderr=True)  # the one `error:` line (and Python warnings): shown even with --quiet
 
-RootOpt = typer.Option(None, "--root", help="Index root folder (default: $CLIPSEARCH_HOME or ./indexes).")
+
+def set_quiet(quiet: bool) -> None:
+    """--quiet: no status lines and no progress bars; results and errors still show."""
+    err.quiet = quiet
+    PROGRESS_CONSOLE.quiet = quiet
+
+
+RootOpt = typer.Option(
+    None,
+    "--root",
+    help="Index root folder (default: $CLIPSEARCH_HOME, else the per-user data folder, "
+    "~/.local/share/clipsearch on Linux).",
+)
 ModelOpt = typer.Option(
     None,
     "--model",
@@ -76,21 +90,22 @@ def open_index(
     return index
 
 
+def hit_path(row: dict[str, Any]) -> str:
+    """Where a hit is, as the tables show it: relative to its indexed folder, else its id (a dataset row)."""
+    source, uri = row.get("source") or "", row.get("uri") or ""
+    return uri[len(source) + 1 :] if source and uri.startswith(source.rstrip("/") + "/") else row["id"]
+
+
 def print_hits(index: Any, hits: list, title: str) -> None:
-    """The results table: rank, score, path (or dataset id), size, label."""
-    table = Table(title=title)
-    for column, justify in (
-        ("rank", "right"),
-        ("score", "right"),
-        ("path", "left"),
-        ("size", "right"),
-        ("label", "left"),
-    ):
-        table.add_column(column, justify=justify)
+    """The results table: rank, score, path (relative to the indexed folder, or the dataset id), size,
+    label; at any console width the file name shows whole, and empty columns are left out."""
+    columns = (("rank", "right"), ("score", "right"), ("path", "left"), ("size", "right"), ("label", "left"))
+    rows = []
     for hit in hits:
         row = hit.row
         size = f"{row['width']}x{row['height']}" if row.get("width") else ""
         label = row.get("label_name") or row.get("zs_label") or ""
-        where = row["uri"] if row["source"] and row["uri"].startswith(row["source"]) else row["id"]
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", where, size, label)
-    out.print(table)
+        rows.append((str(hit.rank), f"{hit.score:.4f}", hit_path(row), size, str(label)))
+    folders = [s for s in index.manifest.get("sources", []) if s.startswith("/")]
+    where = f" ({folders[0]})" if len(folders) == 1 else ""
+    out.print(fitted_table(title + where, columns, rows, out.width, elide="path"))

@@ -35,14 +35,14 @@ def import_cmd(
     expected = model_dim(spec)
     if expected is not None and expected != dim:
         raise ClipsearchError(f"{npys[0]} holds {dim}-d vectors, but {spec.identity()} makes {expected}-d ones")
-    rows, meta = read_embeddings(npys, parquets, dim, normalize)  # checked before an index is created
+    embeddings = read_embeddings(npys, parquets, dim, normalize)  # checked (streamed) before an index is created
     index = Index.create(name, root, model=model, pretrained=pretrained, dim=dim)
     if int(index.manifest["dim"]) != dim:
         raise ClipsearchError(f"index '{name}' holds {index.manifest['dim']}-d vectors, not {dim}-d")
     source = f"import:{Path(vectors).expanduser().resolve()}"
-    stats = index.write_rows(lambda: import_vectors(index.store, rows, meta, source, dim), source).from_process_start()
+    stats = index.write_rows(lambda: import_vectors(index.store, embeddings, source, dim), source).from_process_start()
     if as_json:
-        out.print_json(json.dumps({**stats.to_dict(), "index": index.name, "rows": len(rows)}))
+        out.print_json(json.dumps({**stats.to_dict(), "index": index.name, "rows": len(embeddings)}))
         return
     table = Table(title=f"import into '{index.name}'")
     for column in ("new", "updated", "images", "seconds"):

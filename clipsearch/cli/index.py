@@ -1,4 +1,4 @@
-"""Index and search commands: index, search, list, info, remove."""
+"""Index commands: index, list, info, remove (search: search.py)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,20 @@ from rich.table import Table
 
 from ..api import Index
 from ..errors import ClipsearchError
-from ..index.query import check_k
-from ..index.store import Store
-from ..present.sheets import contact_sheet
+from ..index.engines import encoding_engine
+from ..index.store import Store, index_root
 from ..sources.datasets import DATASETS, is_dataset
-from ..sources.images import open_uri
 from .common import (
     BackendOpt,
     ModelOpt,
     PrecisionOpt,
     PretrainedOpt,
     RootOpt,
-    check_output_file,
     encoder_options,
     err,
     fmt_bytes,
     open_index,
     out,
-    print_hits,
 )
 
 
@@ -46,7 +42,19 @@ def index_cmd(
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0, help="Decoding processes (default: cores - 1, at most 4)."
     ),
-    exclude: list[str] = typer.Option([], "--exclude", help="Glob of files or folders to leave out (repeatable)."),
+    engine: str = typer.Option("local", "--engine", help="Where images are encoded: local (this process) or ray."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster: auto (a running one, else a local instance) or ray://HOST:PORT."
+    ),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="Ray encoder actors (default 1)."),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", min=0.0, help="GPUs per Ray actor."),
+    exclude: list[str] = typer.Option(
+        [],
+        "--exclude",
+        help="Glob of files or folders to leave out (repeatable; 'thumbs/' matches folders). Remembered by the "
+        "index: a later run without --exclude applies the same patterns, one with --exclude replaces them "
+        "(--exclude '' clears them).",
+    ),
     prune: bool = typer.Option(False, "--prune", help="Remove rows of deleted files for good."),
     split: str = typer.Option("test", "--split", help="Dataset split: train, val, test or all (datasets only)."),
     data_dir: Optional[Path] = typer.Option(
@@ -61,12 +69,13 @@ def index_cmd(
     """Index an image folder (encodes only new or changed files) or a named dataset."""
     folder = Path(path).expanduser()
     options = dict(batch_size=batch_size, workers=workers, progress=not as_json, prune=prune)
+    options["engine"] = encoding_engine(engine, ray_address, actors, gpus_per_actor, workers)
     chosen = encoder_options(backend, precision)
     if folder.is_dir() or not is_dataset(path):
         if not folder.is_dir():
             raise ClipsearchError(f"folder not found: {path} (or name a dataset: {', '.join(DATASETS)})")
         index = Index.create(name or folder.resolve().name, root, model, pretrained, encoder_options=chosen)
-        stats = index.add_folder(folder, exclude=exclude, captions=captions, **options)
+        stats = index.add_folder(folder, exclude=exclude or None, captions=captions, **options)
     else:  # read first: a missing dataset leaves no empty index behind
         naming = dict(name=name, root=root, model=model, pretrained=pretrained, encoder_options=chosen)
         index, stats = Index.from_dataset(path, split, data_dir, captions, **naming, **options)
@@ -82,81 +91,33 @@ def index_cmd(
 
 
 def _print_sync(index: Any, stats: Any) -> None:
-    table = Table(title=f"index '{index.name}'")
-    for column in ("new", "updated", "unchanged", "moved", "deleted", "skipped", "seconds", "images/s"):
-        table.add_column(column, justify="right")
+    on_ray = f" (engine ray, {stats.actors} actors)" if stats.engine == "ray" else ""
     s = stats
-    table.add_row(
-        str(s.new),
-        str(s.updated),
-        f"{s.unchanged} ({s.touched} touched)" if s.touched else str(s.unchanged),  # touched: same content hash
-        *(str(v) for v in (s.moved, s.deleted, s.skipped)),
-        f"{s.seconds:.1f}",
-        f"{s.images_per_s:.1f}",
-    )
+    cells = {
+        "new": s.new,
+        "updated": s.updated,
+        "unchanged": f"{s.unchanged} ({s.touched} touched)" if s.touched else s.unchanged,  # touched: same content
+        "moved": s.moved,
+        "copied": s.copied,
+        "deleted": s.deleted,
+        "excluded": s.excluded,
+        "skipped": s.skipped,
+        "wall s": f"{s.seconds:.1f}",  # since the command started: start-up and model load included
+        "images/s": f"{s.images_per_s:.1f}" if s.encoded else "–",
+    }
+    for rare in ("updated", "moved", "copied", "deleted", "excluded"):  # shown when they happened: fits 80 columns
+        if not cells[rare]:
+            del cells[rare]
+    title = f"index '{index.name}'{on_ray}"
+    table = Table(title=title, min_width=min(len(title) + 4, out.width))
+    for column in cells:
+        table.add_column(column, justify="right")
+    table.add_row(*(str(v) for v in cells.values()))
     out.print(table)
     for image_id, reason in stats.skipped_reasons[:20]:
         out.print(f"  skipped {image_id}: {reason}", highlight=False)
     if len(stats.skipped_reasons) > 20:
         out.print(f"  ... and {len(stats.skipped_reasons) - 20} more (clipsearch info {index.name} --skipped)")
-
-
-# -- search ------------------------------------------------------------------
-def search_cmd(
-    name: str = typer.Argument(..., help="Index name."),
-    query: Optional[list[str]] = typer.Argument(
-        None, help='Text and/or image paths, joined by + and -, e.g. "a dog" + "2:snow" - grass.'
-    ),
-    image: list[Path] = typer.Option([], "--image", help="Query image (repeatable; added to the query)."),
-    k: int = typer.Option(10, "-k", "--k", help="Number of results (at most 100000)."),
-    where: Optional[str] = typer.Option(None, "--where", help="LanceDB SQL filter, e.g. \"split = 'test'\"."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Drop hits with a cosine score below this."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
-    paths: bool = typer.Option(False, "--paths", help="Print one path per line."),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact-sheet PNG of the hits."),
-    captions: bool = typer.Option(False, "--captions", help="Return the nearest stored captions instead of images."),
-    model: Optional[str] = ModelOpt,
-    pretrained: Optional[str] = PretrainedOpt,
-    backend: str = BackendOpt,
-    precision: Optional[str] = PrecisionOpt,
-    root: Optional[Path] = RootOpt,
-) -> None:
-    """Search an index by text, image, or a weighted combination."""
-    check_k(k)
-    if as_json and paths:
-        raise ClipsearchError("choose one of --json and --paths")
-    if grid:
-        check_output_file(grid, "--grid")
-    index = open_index(name, root, model, pretrained, backend, precision)
-    if captions:
-        hits = index.search_captions(query, image=list(image) or None, k=k)
-        if as_json:
-            out.print_json(json.dumps([h.to_dict() for h in hits]))
-            return
-        table = Table(title=f"{len(hits)} captions in '{index.name}'")
-        for column in ("rank", "score", "image", "caption"):
-            table.add_column(column)
-        for hit in hits:
-            table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.row["image_id"], hit.row["caption"])
-        out.print(table)
-        return
-    hits = index.search(query, image=list(image) or None, k=k, where=where, threshold=threshold)
-    if grid:
-        contact_sheet(
-            [open_uri(h.uri) for h in hits],
-            [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits],
-            grid,
-            title=" ".join(query or []),
-        )
-    if as_json:
-        out.print_json(json.dumps([h.to_dict() for h in hits], default=str))
-    elif paths:
-        for hit in hits:
-            print(hit.uri)
-    else:
-        print_hits(index, hits, f"{len(hits)} results in '{index.name}'")
-    if grid:
-        err.print(f"contact sheet: {grid}")
 
 
 # -- list / info / remove --------------------------------------------------------
@@ -184,7 +145,8 @@ def list_cmd(root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False,
     if as_json:
         out.print_json(json.dumps(infos))
         return
-    table = Table(title=f"{len(infos)} indexes")
+    title = f"{len(infos)} {'index' if len(infos) == 1 else 'indexes'} in {index_root(root)}"
+    table = Table(title=title, min_width=min(len(title) + 4, out.width))
     for column in ("name", "model", "images", "updated"):
         table.add_column(column)
     for info in infos:
@@ -209,6 +171,7 @@ def info_cmd(
     table = Table(title=f"index '{name}'", show_header=False)
     ann = info["ann"] or {}
     for key, value in (
+        ("root", info["root"]),
         ("path", info["path"]),
         ("model", info["model_id"]),
         ("dim", info["dim"]),
@@ -216,6 +179,7 @@ def info_cmd(
         ("faiss", f"{ann.get('kind')} ({ann.get('factory')}), recall@10 {ann.get('recall@10')}"),
         ("disk", fmt_bytes(info["disk_bytes"])),
         ("sources", ", ".join(info["sources"])),
+        ("exclude", " ".join(info["exclude"]) or "-"),
         ("created", info["created"]),
         ("updated", info["updated"]),
     ):

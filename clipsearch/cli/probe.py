@@ -24,7 +24,7 @@ from ..tasks.probes import (
     find_probe,
     train_probe,
 )
-from .common import RootOpt, err, open_index, out
+from .common import BackendOpt, PrecisionOpt, RootOpt, err, open_index, out
 
 LabelsHelp = (
     "Label set: cifar10, cifar100, shapes, a file (one label per line) or cat,dog,bird "
@@ -32,7 +32,7 @@ LabelsHelp = (
 )
 TemplatesHelp = "Prompt templates of the joint head / zero-shot: cifar, imagenet, simple, shapes or a file (default: the label set's usual one)."
 ProbeArg = typer.Argument(
-    ..., help="Probe file (.safetensors) or the name of one in <index>/probes (linear, mlp, joint)."
+    ..., help="Probe file (.safetensors) or the name of one in <index>/probes (linear, mlp, joint, linear-16shot)."
 )
 NameArg = typer.Argument(..., help="Index name.")
 LabelsOpt = typer.Option(None, "--labels", help=LabelsHelp)
@@ -49,7 +49,10 @@ ValSplitOpt = typer.Option(
 )
 ShotsOpt = typer.Option(None, "--shots", help="Train on K images per class (few-shot), picked by --seed.")
 ProbeOutOpt = typer.Option(
-    None, "--out", help="Probe file (default: <index>/probes/<kind>.safetensors; metadata beside it as .json)."
+    None,
+    "--out",
+    help="Probe file (default: <index>/probes/<kind>.safetensors, with --shots K <kind>-Kshot.safetensors; "
+    "metadata beside it as .json).",
 )
 SeedOpt = typer.Option(0, "--seed", help="Seed of the few-shot pick and of the mlp/joint training.")
 MaxEpochsOpt = typer.Option(200, "--max-epochs", min=0, help="mlp/joint: most epochs.")
@@ -77,9 +80,12 @@ def train_cmd(
     patience: int = PatienceOpt,
     root: Optional[Path] = RootOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the probe's metadata as JSON."),
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
 ) -> None:
-    """Train a probe on the vectors stored in the index (no image is decoded or encoded)."""
-    index = open_index(name, root)
+    """Train a probe on the vectors stored in the index (no image is decoded or encoded; joint encodes its
+    class prompts, with --backend/--precision)."""
+    index = open_index(name, root, backend=backend, precision=precision)
     with progress_bars(not as_json, unit="steps") as progress:
         probe = train_probe(
             index,
@@ -95,11 +101,11 @@ def train_cmd(
         )
     if out_file is not None and out_file.suffix != ".safetensors":
         out_file = out_file.with_name(out_file.name + ".safetensors")
-    path = probe.save(out_file or default_probe_path(index, probe.kind))
+    path = probe.save(out_file or default_probe_path(index, probe.kind, shots))
     if as_json:
         out.print_json(json.dumps({**probe.meta, "path": str(path)}))
         return
-    title = f"{escape(kind)} probe on '{escape(index.name)}'"
+    title = f"probe {escape(probe.description)} on '{escape(index.name)}'"
     out.print(_probe_table(probe, path, title, f"{train_split}{f', {shots} per class' if shots else ''}", val_split))
     if probe.kind == "linear":
         out.print(_c_search_table(probe.meta))
@@ -143,7 +149,7 @@ def _c_search_table(meta: dict[str, Any]) -> Table:
     for column in ("C", "val top-1 %", "converged"):
         table.add_column(column, justify="right")
     for point in meta["c_search"]:
-        chosen = point["C"] == meta["C"]
+        chosen = point["C"] == meta.get("searched_C", meta["C"])
         cells = (f"{point['C']:.4g}", _percent(point["val_top1"]), "yes" if point["converged"] else "no")
         table.add_row(*(f"[bold]{c}[/bold]" if chosen else c for c in cells))
     return table
@@ -168,7 +174,7 @@ def eval_cmd(
     if as_json:
         out.print_json(json.dumps({**result, "outputs": {kind: str(path) for kind, path in files.items()}}))
         return
-    out.print(classification_table(result, f"probe {probe.name} ({probe.kind}) on '{index.name}' · {split}"))
+    out.print(classification_table(result, f"probe {probe.description} on '{index.name}' · {split}"))
     if result["excluded"]:
         err.print(
             f"{result['excluded']} images of split {split!r} have no label among the probe's classes and were left out",
@@ -192,7 +198,8 @@ def apply_cmd(
     if as_json:
         out.print_json(json.dumps(result))
         return
-    out.print(label_counts_table(result["counts"], f"probe {escape(probe.name)} labels of '{escape(index.name)}'"))
+    title = f"probe {escape(probe.description)} labels of '{escape(index.name)}'"
+    out.print(label_counts_table(result["counts"], title))
     err.print(
         f"{result['n']} images labelled in {result['seconds']:.1f} s; filter with --where \"probe_label = '...'\"",
         highlight=False,
@@ -214,9 +221,11 @@ def compare_cmd(
     ),
     root: Optional[Path] = RootOpt,
     as_json: bool = JsonOpt,
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """Zero-shot, linear, mlp and joint side by side, overall and per class; trains the probes not saved yet."""
-    index = open_index(name, root)
+    index = open_index(name, root, backend=backend, precision=precision)
     with progress_bars(not as_json, unit="steps") as progress:
         result = compare_methods(
             index,

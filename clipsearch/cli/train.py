@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -12,8 +13,8 @@ from rich.table import Table
 
 from ..errors import ClipsearchError
 from ..sources.shapes import generate_shapes
-from ..training.config import BEST_WEIGHTS, LAST_WEIGHTS, TrainConfig, read_run_config
-from .common import out
+from ..training.config import BEST_WEIGHTS, CONFIG_FILE, LAST_WEIGHTS, TrainConfig, read_run_config
+from .common import err, out
 
 if TYPE_CHECKING:
     from ..training.loop import TrainResult
@@ -137,7 +138,14 @@ def train_cmd(
         "grad_clip": grad_clip,
     }
     config = _run_config(data, arch, out_dir, resume, given)
-    result = train(config, resume=resume, console=None if as_json else out, progress=not as_json)
+    try:
+        result = train(config, resume=resume, console=None if as_json else out, progress=not as_json)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (training/loop.py turns it into this)
+        err.print(f"interrupted: {_how_to_continue(config, data, arch, given)}", highlight=False, soft_wrap=True)
+        raise _Interrupted(130) from None
+    except BaseException:  # a crash mid-epoch: the one-line error (or traceback) follows this line
+        err.print(f"training stopped: {_how_to_continue(config, data, arch, given)}", highlight=False, soft_wrap=True)
+        raise
     if as_json:
         out.print_json(json.dumps(_summary(result)))
         return
@@ -147,6 +155,34 @@ def train_cmd(
         f"--model {config.arch} --pretrained {result.out / BEST_WEIGHTS}",
         highlight=False,
     )
+
+
+class _Interrupted(SystemExit):
+    """Exit 130 after the command has said how to resume (the app's generic interrupt line is not added)."""
+
+    explained = True
+
+
+def _resume_argv(config: TrainConfig, data: str | None, arch: str | None, given: dict[str, Any]) -> list[str]:
+    """This invocation's arguments as a command line, with --out of the run and --resume."""
+    argv = ["clipsearch", "train", *([data] if data else []), *(["--arch", arch] if arch else [])]
+    for name, value in given.items():
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{name}")
+        else:
+            argv += [flag, str(value)]
+    return [*argv, "--out", str(config.out), "--resume"]
+
+
+def _how_to_continue(config: TrainConfig, data: str | None, arch: str | None, given: dict[str, Any]) -> str:
+    """The exact command that continues the run: --resume once an epoch is saved, else the same command."""
+    argv = _resume_argv(config, data, arch, given)
+    if (Path(config.out) / LAST_WEIGHTS).is_file():
+        return f"the epochs finished so far are saved in {config.out}; continue with: {shlex.join(argv)}"
+    return f"no epoch finished, nothing to resume; start again with: {shlex.join(argv[:-1])}"
 
 
 def _default_out(data: str, arch: str) -> str:
@@ -160,6 +196,8 @@ def _run_config(
     if resume:
         if out_dir is None:
             raise ClipsearchError("--resume needs --out with the run folder to continue")
+        if not (Path(out_dir) / CONFIG_FILE).is_file():
+            raise ClipsearchError(f"no training run in {out_dir} (no {CONFIG_FILE}); drop --resume to start one")
         config = read_run_config(Path(out_dir))
         given = {**given, "data": data, "arch": arch}
     else:
@@ -172,6 +210,10 @@ def _run_config(
         if value is not None:
             setattr(config, name, value)
     config.out = out_dir or config.out
+    if not resume and (Path(config.out) / LAST_WEIGHTS).exists():  # the API's refusal, with this command's flags
+        raise ClipsearchError(
+            f"{config.out} already holds a training run: pass --resume to continue it, or choose another --out"
+        )
     return config
 
 

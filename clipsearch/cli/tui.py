@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -20,11 +22,27 @@ def tui_cmd(
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Search an index interactively: query box, results, image preview, actions."""
+    index = open_index(name, root)  # an unknown or damaged index: its one line, before anything is drawn
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ClipsearchError(
+            f"clipsearch tui needs a terminal (stdin and stdout); without one, search with "
+            f"clipsearch search {name} QUERY (--json or --paths for scripts)"
+        )
     from ..tui.app import SearchApp  # Textual costs every other command start-up time: loaded only here
 
-    # The app opens the index in its worker thread, after the UI is drawn; an unknown
-    # index ends the app with Index.open's message.
-    search_app = SearchApp(lambda: open_index(name, root), k=k, export_dir=out_dir)
+    # The app loads the model in a thread after the UI is drawn; a model that cannot load ends the
+    # app with its message.
+    search_app = SearchApp(lambda: index, k=k, export_dir=out_dir)
     search_app.run()
     if search_app.startup_error:
         raise ClipsearchError(search_app.startup_error)
+    end_process(0)
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit now, skipping the interpreter's clean-up, which frees torch's objects one by one (seconds on
+    2 cores) and would wait for a model still loading. Nothing is lost: the terminal is restored, the
+    app's workers (exports) have finished, the index was only read."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -13,16 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ClipsearchError
+from ..index.engines import default_workers
 from ..index.query import load_query_image
-from ..index.sync import default_workers
 from ..model.backends import load_encoder
 from ..model.spec import ModelSpec
 from ..present.progress import Update, counting_bar, progress_bars
 from ..present.tables import classification_table, comparison_table, label_counts_table
 from ..tasks import outputs
 from ..tasks.corruptions import parse_corruption
-from ..tasks.prompts import default_templates, resolve_labels, resolve_templates
-from ..tasks.zeroshot import Prediction, class_prototypes, classify, predict_images
+from ..tasks.zeroshot import Prediction, class_prototypes, classify, predict_images, prediction_prompts
 from ..tasks.zeroshot_eval import evaluate_zero_shot, parse_template_specs
 from .common import BackendOpt, ModelOpt, PrecisionOpt, PretrainedOpt, RootOpt, err, open_index, out
 
@@ -80,12 +79,9 @@ def predict_cmd(
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Top-k classes of images with softmax(100 · cosine) confidences over the whole label set."""
-    class_names = resolve_labels(labels)
-    if not 1 <= k <= len(class_names):  # checked before the model loads
-        raise ClipsearchError(f"-k must be between 1 and the number of classes ({len(class_names)}), got {k}")
+    class_names, prompts = prediction_prompts(labels, templates, k)  # checked before the model loads
     if index_name and (model or pretrained):
         raise ClipsearchError("choose one of --index and --model/--pretrained")
-    prompts = resolve_templates(templates or default_templates(labels), class_names)
     pixels = [load_query_image(path) for path in images]
     if index_name:
         encoder = open_index(index_name, root, backend=backend, precision=precision).encoder
@@ -126,7 +122,10 @@ def _predictions_table(path: str, ranked: Sequence[Prediction]) -> Table:
 def eval_zeroshot_cmd(
     name: str = typer.Argument(..., help="Index name."),
     labels: Optional[str] = typer.Option(
-        None, "--labels", help="Label set (default: the indexed dataset's classes: cifar10, cifar100, shapes)."
+        None,
+        "--labels",
+        help="Label set (default: the indexed dataset's classes, cifar10, cifar100 or shapes, when they name every "
+        "stored label; else the index's stored label names).",
     ),
     templates: Optional[str] = typer.Option(
         None, "--templates", help="Comma-separated template sets to compare. " + TemplatesHelp
@@ -148,12 +147,14 @@ def eval_zeroshot_cmd(
     ),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
+    backend: str = BackendOpt,
+    precision: Optional[str] = PrecisionOpt,
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Zero-shot top-1, top-5, mean per-class recall, per-class accuracy and confusion matrix of a split."""
     shift = parse_corruption(corruption) if corruption else None
     specs = parse_template_specs(templates)
-    index = open_index(name, root, model, pretrained)
+    index = open_index(name, root, model, pretrained, backend, precision)
     with progress_bars(not as_json and shift is not None, unit="img") as update:
         advance, set_total = _bar_sized_later(update, f"encoding images with {corruption}")
         result, class_names = evaluate_zero_shot(

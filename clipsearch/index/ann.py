@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,26 +79,78 @@ def needs_rebuild(record: dict[str, Any], n: int, exact_limit: int | None = None
     return True  # an older index type (hnsw, ivfpq) or none
 
 
+Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # every row's (keys, vectors), same on each call
+
+
 def build(keys: np.ndarray, vectors: np.ndarray, exact_limit: int | None = None) -> tuple[faiss.Index, AnnInfo]:
-    n, dim = vectors.shape
+    """`build_streamed` over rows held in memory, as one batch."""
+    return build_streamed(len(keys), vectors.shape[1], lambda: [(keys, vectors)], exact_limit)
+
+
+def build_streamed(n: int, dim: int, batches: Batches, exact_limit: int | None = None) -> tuple[faiss.Index, AnnInfo]:
+    """Build from `n` rows read a batch at a time: memory holds the index, a training sample and one batch
+    (not a copy of every vector). An IVF index reads the rows twice: first the training sample and the
+    recall queries, then every row to add, scoring each batch against the queries for their exact top k."""
     kind, factory = choose_factory(n, dim, exact_limit)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if kind == "flat":
-        index.add_with_ids(vectors, np.ascontiguousarray(keys, dtype=np.int64))
-        return index, AnnInfo(kind, factory, n, 1.0)
+        for keys, vectors in batches():
+            _add(index, keys, vectors)
+        return index, AnnInfo(kind, factory, int(index.ntotal), 1.0)
     rng = np.random.default_rng(0)
-    sample = vectors[rng.choice(n, size=min(n, 64 * index.nlist), replace=False)]
+    picks = [np.sort(rng.choice(n, size=min(n, size), replace=False)) for size in (64 * index.nlist, RECALL_QUERIES)]
+    sample, queries = _rows_at(batches(), picks)
     index.train(sample)
-    index.add_with_ids(vectors, np.ascontiguousarray(keys, dtype=np.int64))
-    nprobe, recall = tune_nprobe(index, keys, vectors)
+    del sample
+    truth = ExactTopK(queries, RECALL_K)
+    for keys, vectors in batches():
+        _add(index, keys, vectors)
+        truth.add(keys, vectors)
+    nprobe, recall = tune_nprobe(index, queries, truth.keys)
+    n = int(index.ntotal)
     return index, AnnInfo(kind, factory, n, recall, trained_n=n, nprobe=nprobe)
 
 
-def tune_nprobe(index: faiss.Index, keys: np.ndarray, vectors: np.ndarray) -> tuple[int, float]:
-    """The smallest power-of-two nprobe (at least 8) whose recall@10 meets the goal, and that recall."""
+def _add(index: faiss.Index, keys: np.ndarray, vectors: np.ndarray) -> None:
+    index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(keys, np.int64))
+
+
+def _rows_at(batches: Iterable[tuple[np.ndarray, np.ndarray]], picks: list[np.ndarray]) -> list[np.ndarray]:
+    """For each sorted array of row positions, the vectors at those positions of the batched rows."""
+    found: list[list[np.ndarray]] = [[] for _ in picks]
+    start = 0
+    for _, vectors in batches:
+        for parts, positions in zip(found, picks):
+            inside = positions[(positions >= start) & (positions < start + len(vectors))]
+            parts.append(np.asarray(vectors[inside - start], np.float32))
+        start += len(vectors)
+    return [np.concatenate(parts) for parts in found]
+
+
+class ExactTopK:
+    """The exact top-k keys (by inner product) of a few queries over rows seen a batch at a time."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = np.asarray(queries, np.float32), k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.keys = np.zeros((len(queries), 0), np.int64)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        scores = np.concatenate([self.scores, self.queries @ np.asarray(vectors, np.float32).T], axis=1)
+        keys = np.concatenate(
+            [self.keys, np.broadcast_to(np.asarray(keys, np.int64), (len(self.queries), len(keys)))], 1
+        )
+        if scores.shape[1] <= self.k:
+            self.scores, self.keys = scores, keys
+            return
+        best = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]  # the k best, in no order
+        self.scores, self.keys = np.take_along_axis(scores, best, 1), np.take_along_axis(keys, best, 1)
+
+
+def tune_nprobe(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> tuple[int, float]:
+    """The smallest power-of-two nprobe (at least 8) whose recall@10 of `queries` against their exact top
+    keys `truth` meets the goal, and that recall."""
     ivf = faiss.extract_index_ivf(index)
-    queries, truth = _recall_truth(keys, vectors)
     nprobe = 8
     while True:
         ivf.nprobe = min(nprobe, ivf.nlist)
@@ -106,18 +158,6 @@ def tune_nprobe(index: faiss.Index, keys: np.ndarray, vectors: np.ndarray) -> tu
         if recall >= RECALL_GOAL or nprobe >= min(MAX_NPROBE, ivf.nlist):
             return int(ivf.nprobe), recall
         nprobe *= 2
-
-
-def _recall_truth(
-    keys: np.ndarray, vectors: np.ndarray, n_queries: int = RECALL_QUERIES, k: int = RECALL_K
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stored vectors as queries, and the keys of their exact top k (brute-force inner product)."""
-    rng = np.random.default_rng(0)
-    queries = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, rows = exact.search(queries, k)
-    return queries, np.asarray(keys)[rows]
 
 
 def _recall(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> float:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ..errors import ClipsearchError
 from . import ann
-from .ann_file import FAISS_FILE
+from .ann_file import FAISS_FILE, load_recorded
 from .index import Index
 from .integrity import damage_message, error_summary
 from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, vectors_of
@@ -159,9 +159,10 @@ def _faiss_problems(store: Store, images: pa.Table, manifest: dict[str, Any]) ->
         return [f"{FAISS_FILE}: the manifest's entry is not for this index (uuid {record.get('index_uuid')})"]
     if record.get("table_version") != int(store.db.open_table(IMAGES).version):
         return [f"{FAISS_FILE}: built from table version {record.get('table_version')}, the table is newer"]
-    index = ann.load_verified(path, record, int(manifest["dim"]))
-    if index is None:
-        return [f"{FAISS_FILE}: does not match the manifest's size and checksum, or is not a FAISS index"]
+    loaded, problem = load_recorded(store.path, record, int(manifest["dim"]))  # the base file, then its delta
+    if loaded is None:
+        return [problem]
+    index = loaded[0]
     live = _live(images)
     keys = live.column("key").to_numpy()
     if index.ntotal != len(keys) or not np.array_equal(np.sort(ann.stored_keys(index)), np.sort(keys)):

@@ -19,9 +19,8 @@ from ..errors import ClipsearchError
 from ..model.backends import backend_info, load_encoder
 from ..model.interface import EncoderLike
 from ..model.spec import ModelSpec
-from ..sources.annotations import annotate_folder_items
 from ..sources.datasets import dataset_items
-from ..sources.folder import scan_folder
+from ..sources.folder import scan_annotated
 from ..sources.items import Item
 from . import ann
 from .ann_file import AnnFile
@@ -39,7 +38,7 @@ from .store import (
     sql_quote,
     vectors_of,
 )
-from .sync import SyncStats, sync_items
+from .sync import Engine, SyncStats, sync_items
 
 LABEL_BATCH = 8192  # rows scored and written per batch by write_labels
 
@@ -117,7 +116,7 @@ class Index:
         if spec.identity() != self.spec.identity():
             raise ClipsearchError(
                 f"index '{self.name}' was built with {self.spec.identity()}, not {spec.identity()}; "
-                f"query it with its own model (omit --model/--pretrained) or build a new index"
+                "query it with its own model (name no other) or build a new index"
             )
 
     def check_model_named(self, model: str | None, pretrained: str | None) -> None:
@@ -145,10 +144,13 @@ class Index:
         progress: bool = True,
         prune: bool = False,
         mark_missing: bool = True,
+        excluded: Callable[[str], bool] | None = None,
+        engine: Engine | None = None,  # where images are encoded (engines.encoding_engine); None: here
     ) -> SyncStats:
-        """Add or update `items`, encoding only what changed; with `mark_missing`, rows of
-        `source` absent from `items` are marked deleted (a folder scan sees every file)."""
+        """Add or update `items`, encoding only what changed; with `mark_missing`, rows of `source` absent
+        from `items` are marked deleted (a folder scan sees every file; `excluded(id)`: left out on purpose)."""
         options = dict(batch_size=batch_size, workers=workers, show_progress=progress, mark_missing=mark_missing)
+        options.update(excluded=excluded, engine=engine)
 
         def write() -> SyncStats:  # the encoder is asked for only when something is encoded: none when unchanged
             return sync_items(self.store, items, source, int(self.manifest["dim"]), lambda: self.encoder, **options)
@@ -170,19 +172,15 @@ class Index:
         return stats
 
     def add_folder(
-        self, folder: str | Path, exclude: Sequence[str] = (), captions: str | Path | None = None, **kwargs: Any
+        self, folder: str | Path, exclude: Sequence[str] | None = None, captions: str | Path | None = None, **kw: Any
     ) -> SyncStats:
-        """Index every image under `folder` (captions/labels from a sidecar file when present)."""
-        folder = Path(folder).expanduser()
-        items = scan_folder(folder, exclude)
-        source = str(folder.resolve())
-        others = [s for s in self.manifest.get("sources", []) if s.startswith("/") and s != source]
-        if others:
-            raise ClipsearchError(
-                f"index '{self.name}' already holds folder {others[0]}; use another --name for {source}"
-            )
-        self.problems = annotate_folder_items(folder.resolve(), items, Path(captions) if captions else None)
-        return self.add_items(items, source, **kwargs)
+        """Index the images under `folder` (+ a captions sidecar); `exclude` replaces the remembered globs."""
+        patterns = self.manifest.get("exclude", []) if exclude is None else [p for p in exclude if p]
+        scan = scan_annotated(Path(folder).expanduser(), patterns, Path(captions) if captions else None)
+        scan.refuse_other_folder(self.name, self.manifest.get("sources", []))
+        self.problems = scan.problems
+        self.manifest = self.store.update_manifest(exclude=patterns)  # what the next plain re-index applies
+        return self.add_items(scan.items, scan.source, excluded=scan.is_excluded, **kw)
 
     def add_dataset(
         self,
@@ -303,6 +301,11 @@ class Index:
             raise ClipsearchError(f"no image {image_id!r} in index '{self.name}'")
         return vectors_of(table)[0]
 
+    def row_of(self, image_id: str) -> dict[str, Any] | None:
+        """The stored row of one live image without its vector, or None when no live image has this id."""
+        rows = self.rows(f"id = {sql_quote(image_id)}").drop_columns(["vector"]).to_pylist()
+        return rows[0] if rows else None
+
     def captions_of(self, image_ids: Sequence[str]) -> pa.Table:
         """The stored captions of these images (image_id, caption_index, caption, vector),
         ordered by image id, then caption index."""
@@ -318,7 +321,7 @@ class Index:
             splits = sorted({s for s in self.rows(columns=["split"]).column("split").to_pylist() if s})
             raise ClipsearchError(
                 f"index '{self.name}' has no images in split {split!r} (splits: {', '.join(splits) or 'none'}; "
-                "--split all takes every image)"
+                "split 'all' takes every image)"
             )
         return rows
 
@@ -343,6 +346,7 @@ class Index:
             "counts": self.counts(),
             "ann": self.manifest.get("ann"),
             "sources": self.manifest.get("sources", []),
+            "exclude": self.manifest.get("exclude", []),
             "table_version": self.store.version(),
             "disk_bytes": self.store.disk_bytes(),
             "faiss_bytes": faiss_bytes,

@@ -35,22 +35,27 @@ class QueryTerm:
     label: str = ""  # how the user wrote it, for messages
 
 
+TEXT_PREFIX = "text:"  # `text:photo.jpg`: the literal text, never a file
+
+
 def _split_inline(token: str) -> list[str]:
-    """`"a dog + 2:snow - grass"` written as one argument becomes separate tokens."""
-    return [part for part in re.split(r"\s+([+-])\s+", token) if part != ""]
+    """`"a dog + 2:snow - grass"` written as one argument becomes separate tokens (also a trailing `a +`)."""
+    return [part for part in re.split(r"(?:^|\s+)([+-])(?:\s+|$)", token) if part != ""]
 
 
-def _term(raw: str, sign: float) -> QueryTerm:
+def _term(raw: str, sign: float, files: bool = True) -> QueryTerm:
     weight, body = 1.0, raw
     match = _WEIGHT.match(raw)
-    if match and not Path(raw).exists():
+    if match and not (files and Path(raw).exists()):
         weight, body = float(match.group(1)), match.group(2)
     body = body.strip()
+    if body.startswith(TEXT_PREFIX):
+        files, body = False, body[len(TEXT_PREFIX) :].strip()
     if not body:
         raise ClipsearchError(f"empty query term in {raw!r}")
     path = Path(body).expanduser()
     # An image file that exists, or a path-like name of one (a typo must not become a text query).
-    if is_image_file(path) and (path.is_file() or "/" in body or not any(c.isspace() for c in body)):
+    if files and is_image_file(path) and (path.is_file() or "/" in body or not any(c.isspace() for c in body)):
         return QueryTerm(sign * weight, image=load_query_image(path), label=body)
     return QueryTerm(sign * weight, text=body, label=body)
 
@@ -67,18 +72,25 @@ def load_query_image(image: str | Path | Image.Image) -> Image.Image:
         raise ClipsearchError(f"cannot read query image {image}: {err}") from None
 
 
-def parse_query(tokens: str | Sequence[str] | None, images: Sequence[str | Path | Image.Image] = ()) -> list[QueryTerm]:
-    """Terms joined by `+`/`-`; `W:term` weighs a term; an existing image path is an image term."""
+def parse_query(
+    tokens: str | Sequence[str] | None, images: Sequence[str | Path | Image.Image] = (), files: bool = True
+) -> list[QueryTerm]:
+    """Terms joined by `+`/`-`; `W:term` weighs a term; an existing image path is an image term (`files=False`,
+    for queries from the network: every term is text, no path is looked at)."""
     if isinstance(tokens, str):
         tokens = [tokens]
     flat = [part for token in (tokens or []) for part in _split_inline(token)]
     terms: list[QueryTerm] = []
     sign, words = 1.0, []
-    for token in [*flat, "+"]:
+    if flat and flat[-1] in _OPERATORS:
+        raise ClipsearchError(f"the query ends with {flat[-1]!r}: put a term after it (or {TEXT_PREFIX}{flat[-1]})")
+    for at, token in enumerate([*flat, "+"]):
         if token in _OPERATORS:
             if words:
-                terms.append(_term(" ".join(words), sign))
+                terms.append(_term(" ".join(words), sign, files))
                 words = []
+            elif at:
+                raise ClipsearchError(f"two operators in a row in the query, {flat[at - 1]!r} then {token!r}")
             sign = 1.0 if token == "+" else -1.0
         else:
             words.append(token)
@@ -87,7 +99,7 @@ def parse_query(tokens: str | Sequence[str] | None, images: Sequence[str | Path 
         for image in images
     ]
     if not terms:
-        raise ClipsearchError("empty query: give text, an image path, or --image PATH")
+        raise ClipsearchError("empty query: give text or an image (a path)")
     return terms
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from ..model.interface import EncoderLike
 from ..present.progress import counting_bar
-from ..sources.images import ImageDecodeError, open_uri, time_limit
 from ..sources.items import Item
+from .engines import Engine, LocalEngine
 from .plan import Plan, plan_sync, skip_row
 from .store import (
     CAPTIONS,
@@ -55,10 +55,14 @@ class SyncStats:
     updated: int = 0
     unchanged: int = 0  # includes the touched ones
     touched: int = 0  # new mtime or size, same content hash: the vector was kept
-    moved: int = 0  # moved or copied files whose vector was reused (found by content hash)
-    deleted: int = 0
-    skipped: int = 0
+    moved: int = 0  # files whose old path is gone, found again by content hash: the vector moved with them
+    copied: int = 0  # byte-identical copies of a stored file: its vector reused
+    deleted: int = 0  # files gone from disk
+    excluded: int = 0  # stored files now left out by --exclude (marked deleted, like files gone)
+    skipped: int = 0  # unreadable files, this run's and earlier runs' (`skipped_reasons` lists each)
     encoded: int = 0
+    engine: str = "local"  # where images were encoded: local, ray
+    actors: int = 0  # the engine's encoder actors (local: none, the encoder runs in this process)
     captions: int = 0
     seconds: float = 0.0  # what the summary reports: the run, or since process start (`from_process_start`)
     sync_seconds: float = 0.0  # the sync alone: planning, encoding, writing
@@ -96,48 +100,6 @@ def process_seconds() -> float:
         return time.time() - _IMPORTED_AT
 
 
-class _DecodeDataset:
-    """Decode + preprocess in DataLoader workers (a map-style dataset: `len` and indexing);
-    a bad file yields its reason, never an exception."""
-
-    def __init__(self, items: Sequence[Item], preprocess: Callable, min_size: int):
-        self.items, self.preprocess, self.min_size = items, preprocess, min_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[int, Any, tuple[int, int] | None, str | None]:
-        try:
-            with time_limit():
-                image = open_uri(self.items[index].uri, min_size=self.min_size)
-                return index, self.preprocess(image), image.info.get("original_size", image.size), None
-        except ImageDecodeError as err:
-            return index, None, None, str(err)
-        except Exception as err:  # a decoder bug on one file must not stop the run
-            return index, None, None, f"decode failed: {type(err).__name__}: {err}".splitlines()[0]
-
-
-def decoded_batches(items: Sequence[Item], encoder: EncoderLike, batch_size: int, workers: int) -> Iterable[list]:
-    """Batches of (position in items, pixels or None, original size, error or None), decoded by workers."""
-    from torch.utils.data import DataLoader  # heavy: only when something is encoded
-
-    return DataLoader(
-        _DecodeDataset(items, encoder.preprocess, encoder.image_size),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,  # a batch stays a list of tuples (failed decodes have no tensor)
-        prefetch_factor=4 if workers else None,
-        pin_memory=encoder.device.type == "cuda",
-    )
-
-
-def default_workers() -> int:
-    # The cores this process may use (a container or taskset may allow fewer than the machine has);
-    # one is left to the encoder.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return min(4, max(1, cores - 1))
-
-
 @dataclass
 class _Target:
     """Where a sync writes: the store, the vector width, and the encoder on demand."""
@@ -161,11 +123,16 @@ def sync_items(
     workers: int | None = None,
     show_progress: bool = True,
     mark_missing: bool = True,
+    engine: Engine | None = None,
+    excluded: Callable[[str], bool] | None = None,
 ) -> SyncStats:
     """Make the index hold exactly `items` for `source`: encode what is new or changed.
-    `load_encoder()` is called only when something must be encoded."""
+    `load_encoder()` is called only when something must be encoded; `excluded(id)`: whether a stored
+    row missing from `items` was left out on purpose (counted as excluded, not deleted)."""
     started = time.perf_counter()
     stats = SyncStats()
+    engine = engine or LocalEngine(workers)  # the local engine unless a command chose another
+    stats.engine, stats.actors = engine.name, engine.actors
     skipped: list[dict[str, Any]] = []
     plan = plan_sync(store, items, source, skipped, mark_missing)
     target = _Target(store, dim, load_encoder)
@@ -182,11 +149,17 @@ def sync_items(
         store.update_columns(IMAGES, rows)
         stats.captions += _write_captions(target, plan.relabel)
     stats.unchanged, stats.touched = plan.unchanged, len(plan.touched)
-    stats.moved, stats.deleted = len(plan.reuse), len(plan.delete_ids)
+    _count_reuse_and_deletes(stats, plan, excluded)
     if plan.encode:
-        _encode_and_write(target, plan, batch_size, workers, show_progress, stats, skipped)
-    stats.skipped_reasons = [(row["id"], row["reason"]) for row in skipped]
-    stats.skipped = len(plan.still_skipped) + len(skipped)
+        _encode_and_write(target, plan, batch_size, engine, show_progress, stats, skipped)
+    stats.new += sum(old == new for _, old, new in plan.reuse) - stats.moved  # a file back at its old path
+    earlier = store.scan(SKIPPED, ["id", "reason"], f"source = {sql_quote(source)}") if plan.still_skipped else None
+    still = set(plan.still_skipped)
+    stats.skipped_reasons = [
+        *((r["id"], r["reason"]) for r in (earlier.to_pylist() if earlier is not None else []) if r["id"] in still),
+        *((row["id"], row["reason"]) for row in skipped),
+    ]
+    stats.skipped = len(stats.skipped_reasons)
     # The skipped table keeps this source's unchanged failures and this run's new ones.
     stale = f"source = {sql_quote(source)}" + (
         f" AND NOT ({sql_in('id', plan.still_skipped)})" if plan.still_skipped else ""
@@ -195,6 +168,14 @@ def sync_items(
     store.add(SKIPPED, rows_to_table(skipped, SKIPPED_SCHEMA))
     stats.seconds = stats.sync_seconds = time.perf_counter() - started
     return stats
+
+
+def _count_reuse_and_deletes(stats: SyncStats, plan: Plan, excluded: Callable[[str], bool] | None) -> None:
+    """Moves (the old row is taken over), copies (a new key shares a stored vector), files gone, files excluded."""
+    stats.moved = len(plan.replaced_ids)
+    stats.copied = sum(old != new for _, old, new in plan.reuse)
+    stats.excluded = sum(map(excluded, plan.delete_ids)) if excluded else 0
+    stats.deleted = len(plan.delete_ids) - stats.excluded
 
 
 def _reuse_vectors(target: _Target, plan: Plan) -> int:
@@ -223,13 +204,11 @@ def _encode_and_write(
     target: _Target,
     plan: Plan,
     batch_size: int,
-    workers: int | None,
+    engine: Engine,
     show_progress: bool,
     stats: SyncStats,
     skipped: list[dict[str, Any]],
 ) -> None:
-    import torch  # heavy: only when pixels are encoded
-
     encoder = target.load_encoder()
     pending_rows: list[dict[str, Any]] = []
     pending_items: list[Item] = []
@@ -242,19 +221,15 @@ def _encode_and_write(
         pending_rows.clear()
         pending_items.clear()
 
-    workers = default_workers() if workers is None else workers
-    with counting_bar("encoding", len(plan.encode), show_progress, unit="img") as advance:
-        for batch in decoded_batches(plan.encode, encoder, batch_size, workers):
-            good = [(i, t, size) for i, t, size, err in batch if err is None]
-            skipped.extend(skip_row(plan.encode[i], err) for i, _, _, err in batch if err is not None)
-            if good:
-                vectors = encoder.encode_image_tensors(
-                    torch.stack([torch.as_tensor(t) for _, t, _ in good])
-                )  # numpy too
-                for (i, _, (width, height)), vector in zip(good, vectors):
-                    item = plan.encode[i]
-                    pending_rows.append(_row(item, plan.keys[item.id], vector, width, height))
-                    pending_items.append(item)
+    with counting_bar(engine.label(), len(plan.encode), show_progress, unit="img") as advance:
+        for batch in engine.encoded_batches(plan.encode, encoder, batch_size):
+            for i, vector, size, error in batch:
+                item = plan.encode[i]
+                if error is not None:
+                    skipped.append(skip_row(item, error))
+                    continue
+                pending_rows.append(_row(item, plan.keys[item.id], vector, *size))
+                pending_items.append(item)
             if len(pending_rows) >= WRITE_BATCH:
                 flush()
             advance(len(batch))

@@ -11,9 +11,11 @@ folder import this module but never build a model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,38 +25,76 @@ from PIL import Image
 from ..errors import ClipsearchError
 from ..files import file_digest
 from .checkpoints import load_state_dict
-from .hub import snapshot_folder
-from .spec import RANDOM_INIT_SEED, ModelSpec, load_open_clip
+from .hub import cached_file, downloads_possible, hub_cache, snapshot_folder
+from .spec import RANDOM_INIT_SEED, ModelSpec, load_open_clip, tag_weights
 
 if TYPE_CHECKING:  # annotations only; the calls import torch where they run
     import torch
 
 log = logging.getLogger(__name__)
+DEMO_CHECKPOINT = "--model tiny-rn --pretrained demo_out/run/best.safetensors"  # what `make demo` trains
+RANDOM_INIT_NOTICE = "No pretrained weights loaded"  # how open_clip's warning for a model built empty starts
+
+_SEEDED_BUILD = threading.Lock()  # see build_model
 
 
-def _offline_hint(spec: ModelSpec, err: Exception) -> ClipsearchError:
+def _offline_hint(spec: ModelSpec, why: str) -> ClipsearchError:
     return ClipsearchError(
-        f"weights '{spec.pretrained}' for {spec.arch} are not in the Hugging Face cache and could not be "
-        f"downloaded ({type(err).__name__}); fix: run once with network access, point HF_HOME at a cache "
-        f"that has them, or pass --pretrained PATH to a local checkpoint"
+        f"weights '{spec.pretrained}' for {spec.arch} are not in the Hugging Face cache ({hub_cache()}) and "
+        f"cannot be downloaded ({why}); fix: run once with network access, point HF_HOME at a cache that has "
+        f"them, or pass --pretrained PATH to a local checkpoint (`make demo` trains one: {DEMO_CHECKPOINT})"
     )
 
 
-def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Callable, Callable]:
-    """Create the open_clip model for a spec: (model, train_transform, eval_transform)."""
+def published_weights(spec: ModelSpec) -> Path | None:
+    """The cached file of a published tag's weights; None: open_clip must download them. Weights that are
+    neither cached nor downloadable (offline, or the hub does not answer) fail here, in a second, before
+    torch loads, instead of after a minute of retries."""
+    source = tag_weights(spec.arch, spec.pretrained)
+    path = cached_file(*source) if source else None
+    if source and path is None and not downloads_possible():
+        raise _offline_hint(spec, "offline or the Hugging Face hub cannot be reached")
+    return path
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RANDOM_INIT_NOTICE)
+
+
+@contextlib.contextmanager
+def _weights_loaded_next() -> Iterator[None]:
+    """open_clip warns (on the root logger) that a model built without weights is random: untrue for one
+    whose checkpoint is loaded straight after, so the warning is dropped while that model is built."""
+    notice = _DropRandomInitNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
+def build_model(
+    spec: ModelSpec, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, Callable, Callable]:
+    """Create the open_clip model for a spec on `device` (None: the default one): (model, train_transform,
+    eval_transform)."""
+    if spec.source != "open_clip":
+        raise ClipsearchError(f"{spec.arch} is a transformers checkpoint: it embeds, but open_clip cannot build it")
+    weights = published_weights(spec) if spec.is_published_tag else None  # before torch: fails fast
     import torch
 
     open_clip = load_open_clip()
-    if spec.source != "open_clip":
-        raise ClipsearchError(f"{spec.arch} is a transformers checkpoint: it embeds, but open_clip cannot build it")
     if spec.is_hub_open_clip:  # the pinned snapshot in the Hugging Face cache: config, weights, preprocessing
         model, train_tf, eval_tf = open_clip.create_model_and_transforms(open_clip_name(spec))
         if spec.is_checkpoint:  # weights trained from it replace the repo's
             _load_checkpoint(model, spec)
     elif spec.is_random or spec.is_checkpoint:
-        # Random init is seeded so two processes build identical weights; the
-        # global RNG is left untouched.
-        with torch.random.fork_rng(devices=[]):
+        # Random init is seeded so two processes build identical weights; the global RNG is left
+        # untouched. The seed is global state: two threads building at once (a server warming its model
+        # while a request builds one) would interleave their draws, hence the lock.
+        quiet = _weights_loaded_next() if spec.is_checkpoint else contextlib.nullcontext()
+        with _SEEDED_BUILD, torch.random.fork_rng(devices=[]), quiet:
             torch.manual_seed(RANDOM_INIT_SEED)
             model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
         if spec.is_checkpoint:
@@ -64,13 +104,31 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> tuple[to
                 f"{spec.arch} uses random weights (--pretrained none): results are not meaningful", stacklevel=2
             )
     else:
-        try:
-            open_clip.download_pretrained(open_clip.get_pretrained_cfg(spec.arch, spec.pretrained))
-        except Exception as err:  # offline, missing cache, hub errors: all fixed the same way
-            raise _offline_hint(spec, err) from err
-        model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
-    model.eval().to(device)
+        model, train_tf, eval_tf = _build_published(open_clip, spec, weights)
+    model.eval().to(device or default_device())
     return model, train_tf, eval_tf
+
+
+def _build_published(
+    open_clip: Any, spec: ModelSpec, weights: Path | None
+) -> tuple[torch.nn.Module, Callable, Callable]:
+    """A published tag's model: from its cached file (no request to the hub, with the tag's preprocessing,
+    as open_clip sets it for the tag), else downloaded by open_clip."""
+    tag = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+    if weights is not None:
+        return open_clip.create_model_and_transforms(
+            spec.arch,
+            pretrained=str(weights),
+            image_mean=tag.get("mean"),
+            image_std=tag.get("std"),
+            image_interpolation=tag.get("interpolation"),
+            image_resize_mode=tag.get("resize_mode"),
+        )
+    try:
+        open_clip.download_pretrained(tag)
+    except Exception as err:  # missing repo, hub errors: all fixed the same way
+        raise _offline_hint(spec, type(err).__name__) from err
+    return open_clip.create_model_and_transforms(spec.arch, pretrained=spec.pretrained)
 
 
 def _load_checkpoint(model: torch.nn.Module, spec: ModelSpec) -> None:
@@ -112,14 +170,14 @@ class Encoder:
     ):
         """`built` = (model, eval transform) already in memory, e.g. the model being trained,
         so validation embeds through exactly the code an index uses."""
+        if built is None:  # before torch is imported: weights that cannot be had fail in a second
+            model, _train_transform, preprocess = build_model(spec, device)  # augmentation: training's
+            built = (model, preprocess)
         import torch
 
         self.spec = spec
         self.device = torch.device(device) if device else default_device()
         self.batch_size = batch_size
-        if built is None:
-            model, _train_transform, preprocess = build_model(spec, self.device)  # augmentation: training's
-            built = (model, preprocess)
         self.model, self.preprocess = built
         self.tokenizer = load_open_clip().get_tokenizer(open_clip_name(spec))
         with torch.inference_mode():  # the embedding width, whatever the tower types

@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import ClipsearchError
 from ..files import file_digest
@@ -22,6 +25,8 @@ HF_PREFIX = "hf:"  # a transformers checkpoint: `hf:org/name` or `hf:/path/to/sa
 HF_HUB_PREFIX = "hf-hub:"  # an open_clip model published on the hub, as open_clip names it
 LOCAL_FOLDER = "folder"  # the `pretrained` of a spec for a saved folder (its digest pins it)
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "CLIPSEARCH_OFFLINE")
+HUB_ENDPOINT = "https://huggingface.co"  # what $HF_ENDPOINT replaces (a mirror)
+REACH_SECONDS = 1.0  # a connection to the hub takes less; without a network it fails at once
 _TRUE = {"1", "true", "yes", "on"}
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -45,6 +50,33 @@ def hub_cache() -> Path:
 
 def hub_offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in _OFFLINE_VARS)
+
+
+def hub_reachable(seconds: float = REACH_SECONDS) -> bool:
+    """Whether a TCP connection to the hub opens within `seconds`: without a network, huggingface_hub
+    retries each file for a minute before it gives up, this knows in a second. The name is looked up
+    in a daemon thread, since a resolver that does not answer ignores socket timeouts."""
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT)
+    reached: list[bool] = []
+    done = threading.Event()
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((url.hostname or "", url.port or 443), timeout=seconds):
+                reached.append(True)
+        except Exception:  # whatever the socket layer raises (also a test's network guard): no answer
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=connect, name="hub-reachable", daemon=True).start()
+    done.wait(seconds)
+    return bool(reached)
+
+
+def downloads_possible() -> bool:
+    """Not switched off (HF_HUB_OFFLINE / CLIPSEARCH_OFFLINE) and the hub answers."""
+    return not hub_offline() and hub_reachable()
 
 
 def is_hub_name(arch: str | None) -> bool:
@@ -72,6 +104,13 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> tuple[str, Pat
         commit = ref.read_text().strip()
     snapshot = repo / "snapshots" / commit
     return (commit, snapshot) if snapshot.is_dir() else None
+
+
+def cached_file(repo_id: str, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` in the snapshot of `repo_id` that main points to in the cache, if any."""
+    found = cached_snapshot(repo_id)
+    paths = [found[1] / name for name in names] if found else []
+    return next((path for path in paths if path.is_file()), None)
 
 
 def snapshot_folder(arch: str, commit: str | None) -> Path:

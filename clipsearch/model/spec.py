@@ -20,6 +20,11 @@ from .hub import HF_HUB_PREFIX, HF_PREFIX, LOCAL_FOLDER, is_folder_name, is_hub_
 
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+# Where open_clip fetches the default weights from (its pretrained table; a test checks they agree): known
+# here so that checking whether they can be had costs no import of open_clip (seconds of torch).
+DEFAULT_WEIGHTS_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+# The weights file names open_clip tries in a hub repo named without one, safetensors first.
+HUB_WEIGHTS_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 RANDOM_INIT = "none"
 RANDOM_INIT_SEED = 0
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -62,6 +67,24 @@ def _published_tags(arch: str) -> list[str]:
     return [] if arch in shipped_architectures() else list(load_open_clip().list_pretrained_tags_by_model(arch))
 
 
+def tag_weights(arch: str, tag: str) -> tuple[str, tuple[str, ...]] | None:
+    """(hub repo, weights file names in the order open_clip tries them) of a published pretrained tag;
+    None for one open_clip downloads by URL."""
+    if (arch, tag) == (DEFAULT_ARCH, DEFAULT_PRETRAINED):
+        return DEFAULT_WEIGHTS_REPO, HUB_WEIGHTS_FILES
+    hub_entry = load_open_clip().get_pretrained_cfg(arch, tag).get("hf_hub", "")
+    if not hub_entry:
+        return None
+    repo, filename = hub_entry.rstrip("/"), ""
+    if not hub_entry.endswith("/"):  # "org/name/file.bin": that file, its safetensors twin first
+        repo, _, filename = hub_entry.rpartition("/")
+    if not filename:
+        return repo, HUB_WEIGHTS_FILES
+    if filename.endswith((".bin", ".pth")):
+        return repo, (filename[:-4] + ".safetensors", filename)
+    return repo, (filename,)
+
+
 def _looks_like_path(pretrained: str) -> bool:
     return pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or "/" in pretrained or "\\" in pretrained
 
@@ -80,14 +103,16 @@ class ModelSpec:
         arch = arch or DEFAULT_ARCH
         if is_hub_name(arch):  # hf:org/name, hf:/saved/folder, hf-hub:org/name: no open_clip lookup
             return cls._resolve_hub(arch, pretrained)
-        if arch not in shipped_architectures() and arch not in load_open_clip().list_models():
+        if arch not in known_architectures():  # open_clip's configs, found without importing it
             raise ClipsearchError(
                 f"unknown model '{arch}': choose an open_clip architecture "
                 f"(e.g. ViT-B-32, RN50) or a shipped one ({', '.join(shipped_architectures())})"
             )
-        if pretrained is None:  # the default weights, else the first published tag
+        if pretrained is None and arch == DEFAULT_ARCH:
+            pretrained = DEFAULT_PRETRAINED
+        elif pretrained is None:  # the first published tag
             tags = _published_tags(arch)
-            pretrained = DEFAULT_PRETRAINED if arch == DEFAULT_ARCH else (tags[0] if tags else RANDOM_INIT)
+            pretrained = tags[0] if tags else RANDOM_INIT
         if pretrained == RANDOM_INIT:
             return cls(arch, RANDOM_INIT)
         if _looks_like_path(pretrained) or Path(pretrained).is_file():
@@ -95,6 +120,8 @@ class ModelSpec:
             if not path.is_file():
                 raise ClipsearchError(f"checkpoint not found: {pretrained}")
             return cls(arch, str(path), file_digest(path, "sha256"))
+        if (arch, pretrained) == (DEFAULT_ARCH, DEFAULT_PRETRAINED):  # a known tag: no look-up in open_clip
+            return cls(arch, pretrained)
         tags = _published_tags(arch)
         if pretrained not in tags:
             choices = ", ".join(tags) if tags else "none published; pass a checkpoint path or 'none'"
@@ -126,6 +153,11 @@ class ModelSpec:
     @property
     def is_checkpoint(self) -> bool:
         return self.checkpoint_sha256 is not None
+
+    @property
+    def is_published_tag(self) -> bool:
+        """Weights open_clip publishes under a tag of the architecture (`ViT-B-32` + `laion2b_s34b_b79k`)."""
+        return self.source == "open_clip" and not (self.is_random or self.is_checkpoint or self.is_hub_open_clip)
 
     @property
     def source(self) -> str:

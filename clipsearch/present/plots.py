@@ -94,30 +94,50 @@ def plot_confusion(
     return save_figure(confusion_figure(confusion, class_names, normalize, title), out)
 
 
-def recall_figure(curves: Mapping[str, Sequence[float]], title: str = "") -> Figure:
-    """Recall@k against k (k = 1..K) for each named direction, with R@1/5/10 marked."""
+def recall_figure(
+    curves: Mapping[str, Sequence[float]],
+    title: str = "",
+    marks: Sequence[int] = RECALL_MARKS,
+    chance: Mapping[str, Sequence[float]] | None = None,
+) -> Figure:
+    """Recall@k against k (k = 1..K) for each named direction: the requested k marked and labelled with their
+    value in percent (above the first curve's points, below the second's), and a random ranking's recall@k (`chance`, same names) as a dotted line of the same colour."""
     if not curves:
         raise ValueError("no recall curves to plot")
     figure = _new_figure(7, 5)
     axes = figure.add_subplot()
-    for name, curve in curves.items():
+    for number, (name, curve) in enumerate(curves.items()):
         recall = np.asarray(curve, dtype=np.float64)
         ks = np.arange(1, len(recall) + 1)
         (line,) = axes.plot(ks, recall, label=name)
-        marked = ks[np.isin(ks, RECALL_MARKS)]
+        marked = ks[np.isin(ks, marks)]
         axes.plot(marked, recall[marked - 1], "o", color=line.get_color())
+        for k in marked:
+            axes.annotate(
+                f"{100 * recall[k - 1]:.1f}", (k, recall[k - 1]), textcoords="offset points",
+                xytext=(4, 6) if number % 2 == 0 else (4, -13), fontsize=8, color=line.get_color(),
+            )  # fmt: skip
+        if chance and name in chance:
+            random = np.asarray(chance[name], dtype=np.float64)[: len(recall)]
+            axes.plot(ks[: len(random)], random, ":", color=line.get_color(), label=f"{name} (chance)")
     axes.set_xlabel("k")
     axes.set_ylabel("recall@k")
-    axes.set_ylim(0.0, 1.02)
+    axes.set_ylim(0.0, 1.08)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     axes.set_title(title)
     return figure
 
 
-def plot_recall_curves(curves: Mapping[str, Sequence[float]], out: Path, title: str = "") -> Path:
+def plot_recall_curves(
+    curves: Mapping[str, Sequence[float]],
+    out: Path,
+    title: str = "",
+    marks: Sequence[int] = RECALL_MARKS,
+    chance: Mapping[str, Sequence[float]] | None = None,
+) -> Path:
     """`recall_figure` as a PNG file at `out`."""
-    return save_figure(recall_figure(curves, title), out)
+    return save_figure(recall_figure(curves, title, marks, chance), out)
 
 
 def _series(rows: Sequence[Mapping[str, float]], x_key: str | None, key: str) -> tuple[list[float], list[float]]:
@@ -130,47 +150,85 @@ def _series(rows: Sequence[Mapping[str, float]], x_key: str | None, key: str) ->
     return [x for x, _ in points], [y for _, y in points]
 
 
-def training_figure(rows: Sequence[Mapping[str, float]]) -> Figure:
-    """Loss panel (keys containing "loss", learning rate on a twin axis) over a
-    metrics panel (other "val_*" keys), from metrics.jsonl rows.
+def training_panels(keys: Sequence[str]) -> dict[str, list[str]]:
+    """The panels of a training figure and the keys each shows, in order: losses (with the learning rate),
+    retrieval recall@k ("val_*R@*"), zero-shot ("val_zs*"), other "val_*" metrics; empty panels left out."""
+    groups = {
+        "loss": [key for key in keys if "loss" in key],
+        "retrieval recall@k (val)": [key for key in keys if key.startswith("val_") and "R@" in key],
+        "zero-shot top-1 (val)": [key for key in keys if key.startswith("val_zs")],
+    }
+    shown = {key for group in groups.values() for key in group}
+    groups["validation"] = [key for key in keys if key.startswith("val_") and key not in shown]
+    return {name: group for name, group in groups.items() if group}
 
-    The x axis is "step" if every row has one, else "epoch", else the row
-    number. Each key is drawn from the rows that carry it, so validation rows
-    logged once an epoch and training rows logged every few steps mix freely.
-    Keys that are neither losses, "val_*" metrics nor "lr" are not plotted.
+
+def _draw_metrics(axes, rows, x_key: str | None, keys: Sequence[str], chance: Mapping[str, float]) -> None:
+    """Validation metrics of one panel: retrieval in one colour per k (solid t2i, dashed i2t), and each
+    distinct chance level once as a dotted line: its metric's colour, or grey labelled "chance" when the
+    panel's metrics share it (zero-shot's 1/classes)."""
+    colours: dict[str, str] = {}
+    levels: dict[float, list[tuple[str, str]]] = {}
+    for key in keys:
+        metric = key.removeprefix("val_")
+        group = metric.split("_", 1)[-1] if "R@" in metric else metric  # t2i_R@5 and i2t_R@5 share a colour
+        colour = colours.setdefault(group, f"C{len(colours) % 10}")
+        style = "--" if metric.startswith("i2t") else "-"
+        axes.plot(*_series(rows, x_key, key), style, marker="o", markersize=3, color=colour, label=metric)
+        if metric in chance:
+            levels.setdefault(float(chance[metric]), []).append((metric, colour))
+    for level, owners in levels.items():
+        shared = len(owners) > 1
+        label = "chance" if shared else f"{owners[0][0]} chance"
+        axes.axhline(level, color="gray" if shared else owners[0][1], linestyle=":", linewidth=1, label=label)
+    axes.set_ylabel("score")
+
+
+def training_figure(rows: Sequence[Mapping[str, float]], chance: Mapping[str, float] | None = None) -> Figure:
+    """metrics.jsonl rows in panels over one epoch axis (see `training_panels`): losses with the learning
+    rate on a twin axis, then each group of validation metrics with its chance levels, one legend per panel.
+
+    The x axis is "epoch" if every row has one (step rows carry fractional epochs), else "step", else the
+    row number. Each key is drawn from the rows that carry it.
     """
     if not rows:
         raise ValueError("no training rows to plot")
-    x_key = next((key for key in ("step", "epoch") if all(key in row for row in rows)), None)
+    x_key = next((key for key in ("epoch", "step") if all(key in row for row in rows)), None)
     present = list(dict.fromkeys(key for row in rows for key in row))
-    loss_keys = [key for key in present if "loss" in key]
-    metric_keys = [key for key in present if key.startswith("val_") and "loss" not in key]
-    if not loss_keys and not metric_keys:
+    panels = training_panels(present)
+    if not panels:
         raise ValueError(f"no loss or val_* keys to plot among {present}")
 
-    figure = _new_figure(9, 7)
-    loss_axes, metric_axes = figure.subplots(2, 1, sharex=True)
-    for key in loss_keys:
-        loss_axes.plot(*_series(rows, x_key, key), label=key)
-    loss_axes.set_ylabel("loss")
-    loss_axes.set_title("loss")
-    if "lr" in present:
-        lr_axes = loss_axes.twinx()
-        lr_axes.plot(*_series(rows, x_key, "lr"), color="gray", linestyle="--", linewidth=1, label="lr")
-        lr_axes.set_ylabel("learning rate")
-        lr_axes.legend(loc="upper center")
-    for key in metric_keys:
-        metric_axes.plot(*_series(rows, x_key, key), marker="o", markersize=3, label=key)
-    metric_axes.set_ylabel("validation metric")
-    metric_axes.set_title("validation")
-    metric_axes.set_xlabel(x_key or "row")
-    for axes, keys in ((loss_axes, loss_keys), (metric_axes, metric_keys)):
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _new_figure(9, 2.6 * len(panels) + 0.6)
+    axes_list = np.atleast_1d(figure.subplots(len(panels), 1, sharex=True))
+    for axes, (name, keys) in zip(axes_list, panels.items()):
+        axes.set_title(name)
         axes.grid(alpha=0.3)
-        if keys:
-            axes.legend(loc="best", fontsize=8)
+        if name == "loss":
+            for key in keys:
+                axes.plot(*_series(rows, x_key, key), label=key)
+            axes.set_ylabel("loss")
+            handles, labels = axes.get_legend_handles_labels()
+            if "lr" in present:
+                lr_axes = axes.twinx()
+                lr_axes.plot(*_series(rows, x_key, "lr"), color="gray", linestyle="--", linewidth=1, label="lr")
+                lr_axes.set_ylabel("learning rate")
+                more = lr_axes.get_legend_handles_labels()
+                handles, labels = handles + more[0], labels + more[1]
+            axes.legend(handles, labels, loc="upper right", fontsize=8)  # one legend: losses and lr
+        else:
+            _draw_metrics(axes, rows, x_key, keys, chance or {})
+            axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the panel, not on it
+    axes_list[-1].set_xlabel(x_key or "row")
+    if x_key == "epoch":
+        axes_list[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 
-def plot_training_curves(rows: Sequence[Mapping[str, float]], out: Path) -> Path:
+def plot_training_curves(
+    rows: Sequence[Mapping[str, float]], out: Path, chance: Mapping[str, float] | None = None
+) -> Path:
     """`training_figure` as a PNG file at `out`."""
-    return save_figure(training_figure(rows), out)
+    return save_figure(training_figure(rows, chance), out)

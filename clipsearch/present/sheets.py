@@ -1,10 +1,15 @@
-"""Contact sheets: a PNG grid of letterboxed thumbnails with one-line captions."""
+"""Contact sheets: a PNG grid of letterboxed thumbnails with captions of one or more lines.
+
+Search results (`hit_captions`) show rank and score, the label when the index has one, and the
+file name, elided in the middle when it is too wide, so its end (the extension, a frame number)
+always shows."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -27,10 +32,10 @@ def contact_sheet(
     columns: int | None = None,
     title: str | None = None,
 ) -> Path:
-    """A PNG grid of letterboxed thumbnails, each with a one-line caption under it.
+    """A PNG grid of letterboxed thumbnails, each with its caption under it (lines split on newlines).
 
-    Width is ``columns * thumb + (columns + 1) * SHEET_MARGIN``. Captions too
-    wide for a thumbnail are cut with "...". Images smaller than ``thumb`` are
+    Width is ``columns * thumb + (columns + 1) * SHEET_MARGIN``. Caption lines too
+    wide for a thumbnail are elided in the middle with "...". Images smaller than ``thumb`` are
     upscaled with NEAREST so tiny ones (32x32 CIFAR) stay crisp rather than blurred.
     Default columns: all in one row up to 4, else ceil(sqrt(n)) (10 for 100).
     """
@@ -49,7 +54,8 @@ def contact_sheet(
 
     caption_font = ImageFont.load_default(size=CAPTION_FONT_SIZE)
     title_font = ImageFont.load_default(size=TITLE_FONT_SIZE)
-    caption_height = _line_height(caption_font) + 6
+    line_height = _line_height(caption_font) + 2
+    caption_height = max(len(str(c).split("\n")) for c in captions) * line_height + 4
     title_height = _line_height(title_font) + SHEET_MARGIN if title else 0
     cell_height = thumb + caption_height
 
@@ -71,7 +77,9 @@ def contact_sheet(
         x = SHEET_MARGIN + (i % columns) * (thumb + SHEET_MARGIN)
         y = title_height + SHEET_MARGIN + (i // columns) * (cell_height + SHEET_MARGIN)
         sheet.paste(_letterboxed_thumbnail(image, thumb), (x, y))
-        draw.text((x, y + thumb + 3), _fit_text(caption, caption_font, thumb), font=caption_font, fill=TEXT_COLOR)
+        for row, line in enumerate(str(caption).split("\n")):
+            position = (x, y + thumb + 3 + row * line_height)
+            draw.text(position, _fit_text(line, caption_font, thumb), font=caption_font, fill=TEXT_COLOR)
     return atomic_write(out, lambda f: sheet.save(f, format="PNG"))
 
 
@@ -92,16 +100,41 @@ def _line_height(font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
 
 
 def _fit_text(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
-    """``text`` on one line, cut with "..." so it is at most ``width`` pixels wide."""
+    """``text`` on one line, at most ``width`` pixels wide: the middle elided with "..." when it must be, so
+    both its start and its end stay (a file name keeps its extension)."""
     text = " ".join(str(text).split())
     if font.getlength(text) <= width:
         return text
-    # Binary search for the longest prefix that fits together with the ellipsis.
+    # Binary search for the most characters kept, split between head and tail, that fit with the ellipsis.
     low, high = 0, len(text)
     while low < high:
         mid = (low + high + 1) // 2
-        if font.getlength(text[:mid] + "...") <= width:
+        if font.getlength(_elided(text, mid)) <= width:
             low = mid
         else:
             high = mid - 1
-    return text[:low] + "..."
+    return _elided(text, low)
+
+
+def _elided(text: str, keep: int) -> str:
+    """`keep` characters of `text` around an ellipsis, two thirds of them from its end (a name's distinct part)."""
+    head = keep // 3
+    return text[:head] + "..." + text[len(text) - (keep - head) :]
+
+
+def hit_name(hit: Any) -> str:
+    """A search hit's file name (the part of a dataset id after "#", e.g. "test/29")."""
+    uri = str(getattr(hit, "uri", "") or hit.id)
+    return uri.rsplit("#", 1)[1] if "#" in uri else Path(uri).name
+
+
+def hit_captions(hits: Sequence[Any]) -> list[str]:
+    """Captions of search hits (index.query.Hit): "#rank score · label" over the file name; the label
+    (label_name, else zs_label, else probe_label) only when the index has one."""
+    captions = []
+    for hit in hits:
+        row = getattr(hit, "row", {}) or {}
+        label = row.get("label_name") or row.get("zs_label") or row.get("probe_label")
+        first = f"#{hit.rank} {hit.score:.3f}" + (f" · {label}" if label else "")
+        captions.append(f"{first}\n{hit_name(hit)}")
+    return captions

@@ -78,3 +78,47 @@ def label_counts_table(counts: Mapping[str, int], title: str) -> Table:
         table.add_row(escape(label), str(count), f"{100 * count / max(total, 1):.1f}")
     table.add_row("[bold]total[/bold]", f"[bold]{total}[/bold]", "", end_section=True)
     return table
+
+
+ELLIPSIS = "…"
+_BORDER = 3  # a column's share of a boxed table's rules and padding ("│ " + " ")
+
+
+def elide_middle(path: str, width: int) -> str:
+    """`path` in at most `width` characters, cut in the middle: its start and its end stay, and the file
+    name is never cut (a name longer than `width` is kept whole: the table folds it)."""
+    if len(path) <= width:
+        return path
+    name = path.rsplit("/", 1)[-1]
+    budget = max(width - 1, 0)
+    tail = max(len(name), budget - budget // 3)  # the end of a path says more than its start
+    head = max(budget - tail, 0)
+    return path[:head] + ELLIPSIS + path[-tail:]
+
+
+def fitted_table(
+    title: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[str]],
+    width: int,
+    elide: str | None = None,
+) -> Table:
+    """A results table for a console `width` wide: columns (name, justify) whose cells are all empty are
+    dropped, the `elide` column (a path) is cut in the middle to fit the rest, and the title gets the whole
+    width rather than wrapping over lines in a narrow table. Cells are plain text (no markup)."""
+    keep = [i for i, _ in enumerate(columns) if any(row[i] for row in rows)] if rows else list(range(len(columns)))
+    names = [columns[i][0] for i in keep]
+    table = Table(title=escape(title), min_width=min(len(title) + 4, width))
+    for i in keep:
+        name, justify = columns[i]
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    cells = [[str(row[i]) for i in keep] for row in rows]
+    if elide in names and cells:
+        at = names.index(elide)
+        others = sum(max(len(names[j]), *(len(r[j]) for r in cells)) for j in range(len(names)) if j != at)
+        room = max(width - others - _BORDER * len(names) - 1, len(elide))
+        for row in cells:
+            row[at] = elide_middle(row[at], room)
+    for row in cells:
+        table.add_row(*(escape(cell) for cell in row))
+    return table

@@ -289,3 +289,16 @@ def retrieval_report(
             "image_to_text": recall_curve(i2t_ranks, curve_max_k).tolist(),
         },
     }
+
+
+def chance_recall(n_candidates: int, relevant: int | np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """Recall@k of a random ranking, for each k: the chance that at least one of a query's `relevant`
+    matches among `n_candidates` lands in its top k, 1 - C(N-c, k)/C(N, k), averaged over the queries
+    (`relevant`: one count, or one per query). Text→image with one image per caption gives k / N."""
+    counts = np.atleast_1d(np.asarray(relevant, dtype=np.float64))
+    counts = counts[counts > 0]
+    steps = np.arange(min(max(ks), n_candidates))
+    # The binomial ratio as a running product (finite for any N): P(the first i+1 picks all miss).
+    miss = np.cumprod(np.clip((n_candidates - counts[:, None] - steps) / (n_candidates - steps), 0.0, 1.0), axis=1)
+    miss_at = np.array([miss[:, min(k, n_candidates) - 1] for k in ks]).T  # (queries, ks)
+    return np.mean(1.0 - miss_at, axis=0)

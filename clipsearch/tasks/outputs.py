@@ -5,7 +5,7 @@ probes.evaluate_probe, probes.compare_methods) return results and write nothing;
 faces pass those results here. Every folder is `<index folder>/eval/<name>` unless the
 caller gives another (`--out`), and `eval_dir` is the only place that path is built:
 
-    zeroshot-<split>[-<corruption>-<severity>]   results.json, confusion.png
+    zeroshot-<split>[-<corruption>-<severity>]   results.json, confusion.png (the best template set's)
                                                  (+ one folder per template set when several)
     retrieval-<split>                            results.json, recall_at_k.png
     probe-<probe>-<split>                        results.json, confusion.png
@@ -27,6 +27,7 @@ from ..files import write_json
 from ..index.index import Index
 from ..present.plots import plot_confusion, plot_recall_curves
 from .corruptions import Corruption
+from .metrics import chance_recall
 from .probes.probe import Probe
 
 EVAL_DIR = "eval"
@@ -59,6 +60,12 @@ def comparison_dir(index: Index, split: str) -> Path:
     return eval_dir(index, f"compare-{split}")
 
 
+def confusion_title(report: dict[str, Any], title: str) -> str:
+    """A confusion plot's title: what was evaluated, then its top-1 and the number of images."""
+    top1 = "-" if report.get("top1") is None else f"{100 * report['top1']:.2f} %"
+    return f"{title}\ntop-1 {top1} · n = {report['n']}"
+
+
 def write_classification(
     report: dict[str, Any], class_names: Sequence[str], out_dir: Path, title: str
 ) -> dict[str, Path]:
@@ -67,7 +74,7 @@ def write_classification(
     return {
         "results": write_json(out_dir / RESULTS_FILE, report),
         "confusion": plot_confusion(
-            np.asarray(report["confusion"]), class_names, out_dir / CONFUSION_FILE, title=title
+            np.asarray(report["confusion"]), class_names, out_dir / CONFUSION_FILE, title=confusion_title(report, title)
         ),
     }
 
@@ -76,15 +83,33 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def best_template_set(result: dict[str, Any]) -> str:
+    """The template set with the highest top-1 (the first among equals); the only one when one was given."""
+    reports = result.get("template_sets") or {result["templates"]: result}
+    return max(reports, key=lambda name: (reports[name]["top1"] or 0.0, -list(reports).index(name)))
+
+
 def write_zero_shot(result: dict[str, Any], class_names: Sequence[str], out_dir: Path) -> dict[str, Path]:
-    """results.json (the whole result) and confusion.png (first template set) in `out_dir`;
-    with several template sets, also one folder per set with its own results.json and confusion.png
-    (files "results:<set>", "confusion:<set>")."""
+    """results.json (the whole result) and confusion.png in `out_dir`; with several template sets, the
+    top-level confusion.png is the best set's (its title says so), and each set also gets a folder named by
+    it with its own results.json and confusion.png (files "results:<set>", "confusion:<set>")."""
     out_dir = Path(out_dir)
     setting = f"{result['index']} · {result['labels']} · {result['split']} · {result['corruption'] or 'clean'}"
-    files = write_classification(result, class_names, out_dir, f"zero-shot {setting} · {result['templates']}")
+    sets = result.get("template_sets", {})
+    best = best_template_set(result)
     settings = {key: result[key] for key in RUN_SETTINGS}
-    for name, report in result.get("template_sets", {}).items():
+    files = {"results": write_json(out_dir / RESULTS_FILE, result)}
+    if sets:
+        best_report, title = sets[best], f"zero-shot {setting} · {best} (best of {len(sets)} template sets)"
+    else:
+        best_report, title = result, f"zero-shot {setting} · {result['templates']}"
+    files["confusion"] = plot_confusion(
+        np.asarray(best_report["confusion"]),
+        class_names,
+        out_dir / CONFUSION_FILE,
+        title=confusion_title(best_report, title),
+    )
+    for name, report in sets.items():
         written = write_classification(
             {**settings, **report}, class_names, out_dir / _slug(name), f"zero-shot {setting} · {name}"
         )
@@ -98,15 +123,27 @@ def write_retrieval(report: dict[str, Any], out_dir: Path, title: str | None = N
     out_dir = Path(out_dir)
     title = f"{report['index']} · {report['split']} · {report['model']}" if title is None else title
     curves = {name.replace("_", " "): curve for name, curve in report["curves"].items()}
+    ks = sorted(int(key[2:]) for key in report["text_to_image"] if key.startswith("R@"))
     return {
         "results": write_json(out_dir / RESULTS_FILE, report),
-        "curve": plot_recall_curves(curves, out_dir / CURVE_FILE, title=title),
+        "curve": plot_recall_curves(curves, out_dir / CURVE_FILE, title, ks, _chance_curves(report)),
+    }
+
+
+def _chance_curves(report: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Recall@k of a random ranking for k = 1..K of the curves: text→image over the images (one match each),
+    image→text over the captions with the split's mean captions per image."""
+    k = range(1, len(report["curves"]["text_to_image"]) + 1)
+    per_image = report["n_captions"] / max(report["n_image_queries"], 1)
+    return {
+        "text to image": chance_recall(report["n_images"], 1, k),
+        "image to text": chance_recall(report["n_captions"], np.full(report["n_image_queries"], per_image), k),
     }
 
 
 def write_probe_eval(result: dict[str, Any], probe: Probe, out_dir: Path) -> dict[str, Path]:
     """`results.json` and `confusion.png` of a probes.evaluate_probe result."""
-    title = f"probe {probe.name} ({probe.kind}) · {result['index']} · {result['split']}"
+    title = f"probe {probe.description} · {result['index']} · {result['split']}"
     return write_classification(result, probe.class_names, out_dir, title)
 
 

@@ -61,12 +61,12 @@ def default_templates(label_spec: str) -> str:
     return DEFAULT_TEMPLATES.get(label_spec, "simple")
 
 
-def resolve_labels(spec: str) -> list[str]:
-    """Class names from a label set name, a file (one label per line) or "cat,dog,bird"."""
+def resolve_labels(spec: str, files: bool = True) -> list[str]:
+    """Class names from a label set name, a file (one label per line) or "cat,dog,bird" (`files=False`: no file)."""
     if spec in LABEL_SETS:
         return label_set(spec)
     path = Path(spec).expanduser()
-    if path.is_file():
+    if files and path.is_file():
         return _unique_labels(_read_lines(path), str(path))
     if "," in spec:
         return _unique_labels([label.strip() for label in spec.split(",") if label.strip()], "the label list")
@@ -76,16 +76,16 @@ def resolve_labels(spec: str) -> list[str]:
     )
 
 
-def resolve_templates(spec: str, labels: list[str]) -> list[list[str]]:
+def resolve_templates(spec: str, labels: list[str], files: bool = True) -> list[list[str]]:
     """For each label, its prompt sentences.
 
     `spec` is a template set name, a file of templates (one per line, each with
-    "{}"), or a .json file mapping each class to a list of full sentences.
+    "{}"), or a .json file mapping each class to a list of full sentences (`files=False`: a set name only).
     """
     if spec in TEMPLATE_SETS:
         return _fill(template_set(spec), labels)
     path = Path(spec).expanduser()
-    if path.is_file():
+    if files and path.is_file():
         if path.suffix.lower() == ".json":
             return _per_class_prompts(path, labels)
         return _fill(_read_templates(path), labels)

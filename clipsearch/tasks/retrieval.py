@@ -51,7 +51,7 @@ def load_retrieval_set(index: Index, split: str = "test") -> RetrievalSet:
     if not caption_ids:
         raise ClipsearchError(
             f"index '{index.name}' has no captions for its {len(image_ids)} images in split {split!r}: "
-            "index a caption dataset or a folder with a captions file (--captions)"
+            "index a caption dataset or a folder with a captions file beside its images"
         )
     return RetrievalSet(image_ids, image_vectors, caption_ids, vectors_of(captions))
 

@@ -178,6 +178,19 @@ class Prediction:
     cosine: float
 
 
+def prediction_prompts(
+    labels: str | Sequence[str], templates: str | None = None, k: int = 5, files: bool = True
+) -> tuple[list[str], list[list[str]]]:
+    """(class names, each class's prompt sentences) for `predict_images`, checked before any model loads:
+    `labels` a label spec (resolve_labels) or the class names themselves, `templates` a template spec (default:
+    the label set's usual one), `k` within the number of classes. `files=False`: the specs name no file."""
+    class_names = resolve_labels(labels, files) if isinstance(labels, str) else list(labels)
+    if not 1 <= k <= len(class_names):
+        raise ClipsearchError(f"-k must be between 1 and the number of classes ({len(class_names)}), got {k}")
+    spec = templates or default_templates(labels if isinstance(labels, str) else "")
+    return class_names, resolve_templates(spec, class_names, files)
+
+
 def predict_images(
     encoder: EncoderLike,
     images: Sequence[Image.Image],

@@ -23,6 +23,7 @@ from ..index.index import Index
 from ..index.store import vectors_of
 from ..model.interface import EncoderLike
 from ..sources.images import ImageDecodeError, open_uri
+from ..sources.items import class_display_name
 from ..sources.shapes import shapes_meta
 from .corruptions import Corruption
 from .prompts import LABEL_SETS, default_templates, resolve_labels, resolve_templates
@@ -47,8 +48,39 @@ def inferred_labels(index: Index) -> str:
         return found.pop()
     raise ClipsearchError(
         f"cannot tell the classes of index '{index.name}' (sources: {', '.join(sources) or 'none'}): "
-        f"pass --labels {'|'.join(LABEL_SETS)}, a file with one label per line, or a comma list"
+        f"name its labels: {'|'.join(LABEL_SETS)}, a file with one label per line, or a comma list"
     )
+
+
+def stored_class_names(index: Index, split: str) -> list[str]:
+    """The label names stored in a split, as classes (underscores read as spaces), sorted; [] when unlabelled."""
+    stored = index.split_rows(split, ["label_name"]).column("label_name").to_pylist()
+    return sorted({class_display_name(name) for name in stored if name}, key=str.lower)
+
+
+def default_labels(index: Index, split: str) -> tuple[str, list[str]]:
+    """(label spec, class names) when none is given: the label set of the indexed dataset when it names every
+    stored label (cifar10, cifar100, shapes: their prompt names and templates), else the index's own stored
+    label names (a CIFAR-format folder with other classes, a labelled photo folder)."""
+    stored = stored_class_names(index, split)
+    try:
+        label_set = inferred_labels(index)
+    except ClipsearchError:
+        if not stored:
+            raise
+        return ",".join(stored), stored
+    names = resolve_labels(label_set)
+    if not stored or (label_indices(stored, names) >= 0).all():
+        return label_set, names
+    return ",".join(stored), stored
+
+
+def _template_family(index: Index) -> str:
+    """The label set whose templates fit the indexed dataset (cifar for a CIFAR folder with other names)."""
+    try:
+        return inferred_labels(index)
+    except ClipsearchError:
+        return "simple"
 
 
 def shapes_holdout(index: Index) -> list[str] | None:
@@ -110,7 +142,8 @@ def corrupted_vectors(
         problem = next((item for item in batch if isinstance(item, str)), None)
         if problem is not None:
             raise ClipsearchError(problem)
-        vectors.append(encoder.encode_image_tensors(torch.stack(batch)))
+        stack = np.stack if isinstance(batch[0], np.ndarray) else torch.stack  # exported backends: numpy pixels
+        vectors.append(encoder.encode_image_tensors(stack(batch)))
         if on_batch:
             on_batch(len(batch))
     return np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)
@@ -137,7 +170,7 @@ def parse_template_specs(text: str | None) -> list[str] | None:
         return None
     specs = [part.strip() for part in text.split(",") if part.strip()]
     if not specs:
-        raise ClipsearchError("--templates needs at least one template set, e.g. cifar or cifar,imagenet,simple")
+        raise ClipsearchError("templates need at least one template set, e.g. cifar or cifar,imagenet,simple")
     return specs
 
 
@@ -150,9 +183,25 @@ def _labelled_rows(index: Index, split: str, labels: str, class_names: Sequence[
         examples = sorted({n for n in rows.column("label_name").to_pylist() if n})[:5]
         raise ClipsearchError(
             f"none of the {rows.num_rows} images of split {split!r} has a label in '{labels}' "
-            f"(stored labels: {', '.join(examples) or 'none'}); pass the matching --labels"
+            f"(stored labels: {', '.join(examples) or 'none'}); name the matching labels"
         )
     return rows, truth
+
+
+def _classes_and_prompts(
+    index: Index, labels: str | None, templates: Sequence[str] | None, split: str
+) -> tuple[str, list[str], dict[str, list[list[str]]]]:
+    """(label spec, class names, each template set's prompts by its short name), defaults filled in."""
+    if labels:
+        class_names, family = resolve_labels(labels), labels
+    else:
+        (labels, class_names), family = default_labels(index, split), _template_family(index)
+    specs = list(templates or [default_templates(family)])
+    return (
+        labels,
+        class_names,
+        {name: resolve_templates(s, class_names) for name, s in zip(_template_names(specs), specs)},
+    )
 
 
 def evaluate_zero_shot(
@@ -176,10 +225,7 @@ def evaluate_zero_shot(
     `on_batch(n)` each batch encoded. Nothing is written.
     """
     started = time.perf_counter()
-    labels = labels or inferred_labels(index)
-    class_names = resolve_labels(labels)
-    specs = list(templates or [default_templates(labels)])
-    prompts = {name: resolve_templates(spec, class_names) for name, spec in zip(_template_names(specs), specs)}
+    labels, class_names, prompts = _classes_and_prompts(index, labels, templates, split)
     rows, truth = _labelled_rows(index, split, labels, class_names)
     kept = rows.filter(pa.array(truth >= 0))
     if corruption is None:

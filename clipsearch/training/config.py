@@ -53,15 +53,15 @@ class TrainConfig:
     def check(self) -> None:
         for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
-                raise ClipsearchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ClipsearchError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
-            raise ClipsearchError(f"--lr must be positive, got {self.lr}")
+            raise ClipsearchError(f"lr (learning rate) must be positive, got {self.lr}")
         if self.wd < 0:
-            raise ClipsearchError(f"--wd must not be negative, got {self.wd}")
+            raise ClipsearchError(f"wd (weight decay) must not be negative, got {self.wd}")
         if self.schedule not in SCHEDULES:
-            raise ClipsearchError(f"unknown --schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+            raise ClipsearchError(f"unknown schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
         if self.warmup is not None and self.warmup < 0:
-            raise ClipsearchError(f"--warmup must not be negative, got {self.warmup}")
+            raise ClipsearchError(f"warmup must not be negative, got {self.warmup}")
 
     @property
     def effective_batch(self) -> int:
@@ -79,7 +79,7 @@ def read_run_config(out: Path) -> TrainConfig:
     try:
         return TrainConfig.from_dict(read_json(path)["train"])
     except FileNotFoundError:
-        raise ClipsearchError(f"no training run in {out} (no {CONFIG_FILE}); drop --resume to start one") from None
+        raise ClipsearchError(f"no training run in {out} (no {CONFIG_FILE}) to resume; start one instead") from None
     except (ValueError, KeyError, TypeError) as err:
         raise ClipsearchError(f"{path} is not a clipsearch run config ({err})") from None
 
@@ -94,9 +94,7 @@ def checked_run_config(config: TrainConfig, resume: bool) -> TrainConfig:
     if resume:
         _check_resume(config, out)
     elif (out / LAST_WEIGHTS).exists():  # a run that never finished an epoch is simply started again
-        raise ClipsearchError(
-            f"{out} already holds a training run: pass --resume to continue it, or choose another --out"
-        )
+        raise ClipsearchError(f"{out} already holds a training run: resume it, or train into another run folder")
     return config
 
 
@@ -110,6 +108,6 @@ def _check_resume(config: TrainConfig, out: Path) -> None:
     if changed:
         detail = ", ".join(f"{name} {getattr(config, name)!r} (saved {getattr(saved, name)!r})" for name in changed)
         raise ClipsearchError(
-            f"--resume continues {out} with its saved settings, but these differ: {detail}; "
-            "drop them or train into a new --out"
+            f"resuming continues {out} with its saved settings, but these differ: {detail}; "
+            "leave them out or train into a new run folder"
         )

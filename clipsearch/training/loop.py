@@ -14,6 +14,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -144,6 +146,23 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler) stops the run as Ctrl-C does, so the caller can print how to resume."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread can set it
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -162,7 +181,7 @@ class _Run:
         if self.steps_per_epoch == 0:
             raise ClipsearchError(
                 f"{len(data.train)} training images make no full batch of {config.effective_batch} "
-                f"(--batch-size {config.batch_size} x --accum-steps {config.accum_steps}); lower --batch-size"
+                f"(batch size {config.batch_size} x {config.accum_steps} accumulation steps); lower the batch size"
             )
         total_steps = self.steps_per_epoch * config.epochs
         warmup = round(DEFAULT_WARMUP_FRACTION * total_steps) if config.warmup is None else config.warmup
@@ -251,7 +270,7 @@ class _Run:
                     }
                 )
         if not math.isfinite(float(np.mean(losses))):
-            raise ClipsearchError(f"training diverged in epoch {self.epoch + 1} (loss {np.mean(losses)}); lower --lr")
+            raise ClipsearchError(f"training diverged in epoch {self.epoch + 1} (loss {np.mean(losses)}); lower lr")
         return losses
 
     # -- validation, logs and checkpoints --------------------------------------
@@ -286,7 +305,7 @@ class _Run:
         }
         atomic_write_path(self.out / LAST_STATE, lambda tmp: torch.save(state, tmp))
         self.save_config()
-        plot_training_curves(self.rows, self.out / CURVES_FILE)
+        plot_training_curves(self.rows, self.out / CURVES_FILE, self.chance)
 
     def save_config(self) -> None:
         write_json(
@@ -300,7 +319,7 @@ class _Run:
         if not weights.is_file() or not state_path.is_file():
             raise ClipsearchError(
                 f"{self.out} has no finished epoch to resume from ({LAST_WEIGHTS} or {LAST_STATE} "
-                "missing); drop --resume to start the run again"
+                "missing); start the run again instead of resuming"
             )
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if weights_metadata(weights).get("epoch") != str(state["epoch"]):
@@ -346,7 +365,7 @@ def train(
         log(f"warning: {problem}", highlight=False)
 
     device_type = torch.device(config.device).type if config.device else default_device().type
-    with _deterministic(enabled=device_type == "cpu"):
+    with _deterministic(enabled=device_type == "cpu"), _sigterm_interrupts():
         run = _Run(config, data, resume)
         if not resume:
             values = run.validate({})

@@ -12,11 +12,10 @@ import contextlib
 import math
 from collections.abc import Callable, Sequence
 
-import open_clip
 import torch
 
 from ..model.encoder import build_model
-from ..model.spec import ModelSpec
+from ..model.spec import ModelSpec, load_open_clip
 
 
 def build_trainable(spec: ModelSpec, seed: int, device: torch.device) -> tuple[torch.nn.Module, Callable, Callable]:
@@ -24,7 +23,8 @@ def build_trainable(spec: ModelSpec, seed: int, device: torch.device) -> tuple[t
     if spec.is_random:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, train_tf, eval_tf = open_clip.create_model_and_transforms(spec.arch, pretrained=None)
+            # load_open_clip: open_clip with the shipped architectures (tiny-rn, mini) registered
+            model, train_tf, eval_tf = load_open_clip().create_model_and_transforms(spec.arch, pretrained=None)
         model.to(device)
     else:
         model, train_tf, eval_tf = build_model(spec, device)

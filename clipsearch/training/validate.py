@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ClipsearchError
 from ..model.encoder import Encoder
 from ..sources.images import ImageDecodeError, open_uri
+from ..tasks.metrics import chance_recall
 from ..tasks.retrieval import report_from_vectors
 from ..tasks.zeroshot import class_prototypes, label_indices, zero_shot_accuracy
 from .data import Example, TrainingData
@@ -37,14 +38,9 @@ def chance_levels(n_images: int, captions_per_image: np.ndarray | None, n_classe
     chance: dict[str, float] = {}
     if captions_per_image is not None:
         c = np.asarray(captions_per_image, dtype=np.float64)
-        c = c[c > 0]
-        n_captions = int(c.sum())
-        for k in RECALL_KS:
-            chance[f"t2i_R@{k}"] = min(k, n_images) / n_images
-            miss = np.ones_like(c)
-            for i in range(min(k, n_captions)):  # the binomial ratio as a product, to stay finite
-                miss *= np.clip((n_captions - c - i) / (n_captions - i), 0.0, 1.0)
-            chance[f"i2t_R@{k}"] = float(np.mean(1.0 - miss))
+        t2i, i2t = chance_recall(n_images, 1, RECALL_KS), chance_recall(int(c.sum()), c, RECALL_KS)
+        for k, text_to_image, image_to_text in zip(RECALL_KS, t2i, i2t):
+            chance[f"t2i_R@{k}"], chance[f"i2t_R@{k}"] = float(text_to_image), float(image_to_text)
     if n_classes:
         chance.update({key: 1.0 / n_classes for key in ("zs_top1", "zs_seen_top1", "zs_heldout_top1")})
     return chance
@@ -131,8 +127,23 @@ def validation_metrics(encoder: Encoder, data: TrainingData, workers: int) -> tu
 
 
 def format_metrics(values: dict[str, float]) -> str:
-    """One log line: "t2i_R@1 0.412  i2t_R@1 0.380 ..."."""
-    return "  ".join(f"{key} {value:.3f}" for key, value in values.items())
+    """One short log line, each group's numbers side by side so that an epoch line stays about 120 columns wide (it wrapped at 160):
+    "t2i R@1/5/10 0.41/0.62/0.70  i2t R@1/5/10 0.38/0.60/0.71  zs top1 all/seen/heldout 0.52/0.60/0.21"."""
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for key, value in values.items():
+        if "_R@" in key:  # t2i_R@5: group "t2i R@", part "5"
+            direction, k = key.split("_R@")
+            groups.setdefault(f"{direction} R@", []).append((k, value))
+        elif key == "zs_top1":
+            groups.setdefault("zs top1 ", []).append(("all", value))
+        elif key.startswith("zs_") and key.endswith("_top1"):  # zs_seen_top1: part "seen"
+            groups.setdefault("zs top1 ", []).append((key[3:-5], value))
+        else:
+            groups[key] = [("", value)]
+    return "  ".join(
+        f"{name}{'/'.join(part for part, _ in parts)} {'/'.join(f'{value:.2f}' for _, value in parts)}"
+        for name, parts in groups.items()
+    )
 
 
 class ImageDataset(Dataset):

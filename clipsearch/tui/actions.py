@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ClipsearchError
 from ..files import write_json
-from ..present.sheets import contact_sheet
+from ..present.sheets import contact_sheet, hit_captions
 from ..sources.images import ImageDecodeError, open_uri
 
 if TYPE_CHECKING:
@@ -116,4 +116,4 @@ def export_results(hits: Sequence[Hit], out: Path, title: str) -> Path:
     if out.suffix == ".json":
         return write_json(out, [hit.to_dict() for hit in hits])
     images = [open_uri(hit.uri) for hit in hits]
-    return contact_sheet(images, [f"#{h.rank} {h.score:.3f} {h.id}" for h in hits], out, title=title)
+    return contact_sheet(images, hit_captions(hits), out, title=title)

@@ -1,12 +1,14 @@
 """`clipsearch tui`: an interactive terminal UI over one index, built with Textual.
 
-The index is opened and the model loaded once, in a worker thread, while the interface
-is already drawn; every query runs in a worker thread too, so typing never waits for
-torch. A query submitted before the model is ready is queued (the latest one wins) and
-answered as soon as it is. What a key does is in `actions` (headless), what is drawn in
-`render`; this module wires them to widgets and threads.
+The model is loaded once, in a daemon thread, while the interface is already drawn (a
+quit does not wait for it); every query runs in a worker thread, so typing never waits
+for torch. A query submitted before the model is ready is queued (the latest one wins)
+and answered as soon as it is. Escape leaves a text box for the results list, where the
+letter keys are commands (`q` quits). What a key does is in `actions` (headless), the
+details drawn in `render`, the preview in `widgets`; this module wires them to threads.
 
-Importing this module starts nothing and does not import torch.
+Importing this module does not import torch; it imports textual-image, which asks a terminal (only
+a real one) which graphics it shows: import it after checking that there is one, before the app runs.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from ..api import Index
     from ..index.query import Hit
 
-PREVIEW_MAX_PIXELS = 320  # longest side kept for the preview; a terminal pane shows fewer
+PREVIEW_MAX_PIXELS = 640  # longest side kept for the preview: about what Sixel/Kitty graphics show in a pane
 MAX_K = 1000
 
 
@@ -69,7 +71,7 @@ class SearchApp(App[None]):
     BINDINGS = [
         Binding("question_mark", "help", "Keys", key_display="?"),
         Binding("slash", "focus_query", "Query", key_display="/"),
-        Binding("escape", "switch_focus", "Query/results", show=False),
+        Binding("escape", "leave_box", "Leave the text box", show=False),
         Binding("m", "more_like_this", "More like this"),
         Binding("o", "open_hit", "Open"),
         Binding("c", "copy_path", "Copy path"),
@@ -83,7 +85,7 @@ class SearchApp(App[None]):
         ("enter", "run the query (in the query or the filter box)"),
         ("up / down", "history (in a box) · move through the results (in the list)"),
         ("tab / shift+tab", "next / previous field"),
-        ("escape", "switch between the query box and the results"),
+        ("escape", "leave a text box for the results list, where these keys act (q quits)"),
     ]
 
     def __init__(
@@ -94,7 +96,7 @@ class SearchApp(App[None]):
         export_dir: Path | None = None,
         load_model: Callable[[Index], None] = warm_model,
     ) -> None:
-        """`open_index` and `load_model` run in a worker thread after the UI is drawn."""
+        """`open_index` and `load_model` run in a daemon thread after the UI is drawn."""
         super().__init__()
         if k <= 0:
             raise ClipsearchError(f"-k must be a positive number of results (got {k})")
@@ -143,10 +145,11 @@ class SearchApp(App[None]):
         self.query_one("#results", DataTable).add_columns("#", "score", "path / id", "label")
         self.query_one("#query", Input).focus()
         self._update_status()
-        self._prepare()
+        # A daemon thread, not a Textual worker: the app waits for its workers when it quits, and
+        # loading torch and a model takes seconds that a quit should not.
+        threading.Thread(target=self._prepare, name="clipsearch-tui-startup", daemon=True).start()
 
     # -- startup: open the index, load the model --------------------------------------
-    @work(thread=True, group="startup", exit_on_error=False)
     def _prepare(self) -> None:
         try:
             index = self._open_index()
@@ -160,6 +163,8 @@ class SearchApp(App[None]):
 
     def _post(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run `callback` on the UI thread; drop it when the app has already gone."""
+        if not self.is_running:  # quit while this thread worked (the model loads in a daemon thread)
+            return
         try:
             self.call_from_thread(callback, *args)
         except RuntimeError:
@@ -338,9 +343,11 @@ class SearchApp(App[None]):
     def action_focus_query(self) -> None:
         self.query_one("#query", Input).focus()
 
-    def action_switch_focus(self) -> None:
-        query_box = self.query_one("#query", Input)
-        (self.query_one("#results", DataTable) if query_box.has_focus else query_box).focus()
+    def action_leave_box(self) -> None:
+        """From a text box to the results list, so that a letter typed next is a command, not text
+        (in the list, where keys already are commands, escape changes nothing)."""
+        if isinstance(self.focused, Input):
+            self.query_one("#results", DataTable).focus()
 
     def action_help(self) -> None:
         keys = list(self.EXTRA_KEYS) + [(b.key_display or b.key, b.description) for b in self.BINDINGS if b.show]
@@ -360,6 +367,8 @@ class SearchApp(App[None]):
             parts = ["opening the index…"]
         else:
             parts = [f"model {self.index.spec.identity()}", f"{self.index_size:,} images"]
+            if self.index.spec.is_random:
+                parts.insert(1, "random weights: results mean nothing")
         parts.append(f"k={self.k}")
         if self.latency is not None:
             parts.append(f"last query {self.latency * 1000:.0f} ms")

@@ -1,57 +1,16 @@
-"""What the TUI draws, as plain functions: images as Unicode half blocks, a hit's labels
-and its details table. No widget and no app here, so each is tested on its own.
-
-An image is drawn two pixels a cell: an upper half block whose foreground is the top
-pixel and whose background is the bottom pixel, which every truecolor terminal shows.
-"""
+"""What the TUI draws, as plain functions: a hit's labels and its details table (the preview's
+pixels are textual-image's, widgets.py). No widget and no app here, so each is tested on its own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-from rich.color import Color
-from rich.segment import Segment
-from rich.style import Style
 from rich.table import Table
 from rich.text import Text
-from textual.strip import Strip
 
 if TYPE_CHECKING:
     from ..index.query import Hit
-
-UPPER_HALF_BLOCK = "\u2580"
-
-
-def half_block_strips(image: Image.Image, width: int, height: int) -> list[Strip]:
-    """`image` fitted into `width` x `height` cells (aspect kept), two pixels a cell.
-
-    Each cell is an upper half block whose foreground is the top pixel and whose
-    background is the bottom pixel; a last odd row leaves the background unset.
-    """
-    if width < 1 or height < 1:
-        return []
-    scale = min(width / image.width, 2 * height / image.height)
-    columns = min(width, max(1, round(image.width * scale)))
-    rows = min(2 * height, max(1, round(image.height * scale)))
-    pixels = np.asarray(image.convert("RGB").resize((columns, rows), Image.Resampling.LANCZOS))
-    styles: dict[tuple[int, ...], Style] = {}  # one Style per colour pair: a thumbnail repeats many
-    strips = []
-    for y in range(0, rows, 2):
-        segments = []
-        for x in range(columns):
-            top = tuple(int(v) for v in pixels[y, x])
-            bottom = tuple(int(v) for v in pixels[y + 1, x]) if y + 1 < rows else ()
-            style = styles.get(top + bottom)
-            if style is None:
-                style = styles[top + bottom] = Style.from_color(
-                    Color.from_rgb(*top), Color.from_rgb(*bottom) if bottom else None
-                )
-            segments.append(Segment(UPPER_HALF_BLOCK, style))
-        strips.append(Strip(segments, columns).simplify())
-    return strips
 
 
 def hit_label(row: dict[str, Any]) -> str:

@@ -6,46 +6,54 @@ from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
-from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Center, Middle
 from textual.screen import ModalScreen
-from textual.strip import Strip
-from textual.widget import Widget
 from textual.widgets import Input, Static
+from textual_image.renderable import Image as TerminalRenderable
+from textual_image.renderable import UnicodeImage
+from textual_image.widget import HalfcellImage
+from textual_image.widget import Image as TerminalImage
 
-from .render import half_block_strips
+# textual-image chooses, when it is imported, what the terminal shows: Sixel or Kitty graphics where the
+# terminal answers for them, else coloured half blocks; without a terminal (Textual's headless pilot, the
+# screenshot script) it would draw grey shades, so half blocks are drawn there too.
+PreviewImage = HalfcellImage if TerminalRenderable is UnicodeImage else TerminalImage
 
 
-class ImagePreview(Widget):
-    """The selected hit's pixels, centred in the widget, or a one-line message."""
+class ImagePreview(Middle):
+    """The selected hit's pixels, fitted and centred in the pane (textual-image), or a one-line message."""
 
-    DEFAULT_CSS = "ImagePreview { height: 1fr; }"
+    DEFAULT_CSS = """
+    ImagePreview { height: 1fr; }
+    ImagePreview Center { height: auto; }
+    ImagePreview .preview-image { width: auto; height: auto; }
+    ImagePreview .preview-message { width: auto; }
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.image: Image.Image | None = None
         self.message = "no hit selected"
-        self._strips: list[Strip] = []
-        self._drawn_for: tuple[int, int] | None = None  # the size the strips were drawn for
+
+    def compose(self) -> ComposeResult:
+        with Center():
+            yield Static(self.message, classes="preview-message")
+        with Center():
+            yield PreviewImage(classes="preview-image")
+
+    def on_mount(self) -> None:
+        self.show(self.image, self.message)
 
     def show(self, image: Image.Image | None, message: str = "") -> None:
-        self.image, self.message, self._drawn_for = image, message, None
-        self.refresh()
-
-    def render_line(self, y: int) -> Strip:
-        width, height = self.size
-        if self.image is None:
-            return Strip([Segment(self.message[:width])]) if y == 0 else Strip.blank(width)
-        if self._drawn_for != (width, height):
-            self._strips, self._drawn_for = half_block_strips(self.image, width, height), (width, height)
-        top = (height - len(self._strips)) // 2
-        if not 0 <= y - top < len(self._strips):
-            return Strip.blank(width)
-        strip = self._strips[y - top]
-        left = (width - strip.cell_length) // 2
-        return Strip.join([Strip.blank(left), strip, Strip.blank(width - left - strip.cell_length)])
+        self.image, self.message = image, message
+        self.query_one(".preview-message", Static).update(Text(message))
+        self.query_one(".preview-message", Static).display = bool(message)
+        picture = self.query_one(".preview-image", PreviewImage)
+        picture.image = image
+        picture.display = image is not None
 
 
 class HistoryInput(Input):

@@ -21,7 +21,7 @@ from clipsearch.api import Index
 
 N_IMAGES = 5
 TINY = ["--model", "tiny", "--pretrained", "none"]
-MODEL_MODULES = {"torch", "open_clip", "torchvision", "transformers"}
+MODEL_MODULES = {"torch", "open_clip", "torchvision", "transformers", "ray"}
 
 # Runs each `clipsearch ARGS` of $COMMANDS (a JSON list) in turn; prints, as JSON, per command:
 # exit code, stdout, stderr and the heavy modules loaded so far.
@@ -38,7 +38,7 @@ for args in json.loads(os.environ["COMMANDS"]):
             main(args)
         except SystemExit as stop:
             code = stop.code or 0
-    heavy = [m for m in ("torch", "open_clip", "torchvision", "transformers", "lancedb") if m in sys.modules]
+    heavy = [m for m in ("torch", "open_clip", "torchvision", "transformers", "ray", "lancedb") if m in sys.modules]
     reports.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "heavy": heavy})
 print(json.dumps(reports))
 """
@@ -71,6 +71,7 @@ def test_commands_without_a_model_import_no_torch(tmp_path: Path, tiny_encoder) 
             "0",
             "--json",
         ],
+        "reindex_on_ray": ["index", folder, "--name", "base", "--root", root, "--engine", "ray", "--json"],  # no Ray
     }
     env = {**os.environ, "COMMANDS": json.dumps([[str(a) for a in args] for args in commands.values()])}
     done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=240)
@@ -88,6 +89,6 @@ def test_commands_without_a_model_import_no_torch(tmp_path: Path, tiny_encoder) 
     assert [(e["name"], e["images"]) for e in listed] == [("base", N_IMAGES), ("doomed", N_IMAGES)]
     assert json.loads(results["info"]["stdout"])["counts"]["images"] == N_IMAGES
     assert not (root / "doomed").exists() and (root / "base").is_dir()
-    for name in ("reindex", "reindex_same_model", "reindex_arch"):
+    for name in ("reindex", "reindex_same_model", "reindex_arch", "reindex_on_ray"):
         stats = json.loads(results[name]["stdout"])
         assert (stats["unchanged"], stats["encoded"], stats["new"]) == (N_IMAGES, 0, 0), name

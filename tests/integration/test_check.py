@@ -150,3 +150,50 @@ def test_list_reports_a_corrupt_index_and_check_names_it(root: Path) -> None:
 def test_unknown_index_is_one_line(root: Path) -> None:
     code, _, stderr = run_cli("check", "nope", "--root", root)
     assert code == 1 and stderr.startswith("error: unknown index 'nope'") and "Traceback" not in stderr
+
+
+# How a delta file goes bad -> what fixes it: `check --repair`, or simply searching (the index is rebuilt).
+DELTA_DAMAGE = {
+    "missing": (lambda path: path.unlink(), "repair"),
+    "truncated": (lambda path: os.truncate(path, path.stat().st_size // 2), "search"),
+    "garbage": (lambda path: _write(path, b"\x07" * path.stat().st_size), "repair"),
+    "an older delta": (lambda path: _write(path, path.with_suffix(".old").read_bytes()), "search"),
+}
+
+
+@pytest.mark.parametrize("damage", DELTA_DAMAGE)
+def test_a_torn_or_missing_delta_file_is_detected_never_loaded_and_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """The change since the last full FAISS save lives in images.faiss.delta: without it (or with the
+    wrong one) the index would silently miss rows, so check names it, and search rebuilds instead."""
+    import numpy as np
+    import pyarrow as pa
+
+    from clipsearch.index import ann_delta
+    from clipsearch.index.imported import Embeddings, import_vectors
+    from clipsearch.index.index import Index
+
+    monkeypatch.setattr(ann_delta, "FULL_SAVE_BYTES", 0)  # this small index writes deltas too
+    vectors = np.random.default_rng(0).standard_normal((301, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = Index.create("photos", tmp_path, model="tiny", pretrained="none", dim=32)
+    delta = index.store.path / ann_delta.DELTA_FILE
+    for rows, ids in ((vectors[:300], range(300)), (vectors[300:], ["added"]), (-vectors[:1], ["0"])):
+        embeddings = Embeddings.from_arrays(rows, pa.table({"id": [str(i) for i in ids]}))
+        index.write_rows(lambda e=embeddings: import_vectors(index.store, e, "import:t", 32), "import:t")
+        if delta.is_file() and not delta.with_suffix(".old").exists():
+            shutil.copy(delta, delta.with_suffix(".old"))
+    assert index.manifest["ann"]["delta"]["added"] == 2 and check(tmp_path)[0] == 0
+    corrupt, fix = DELTA_DAMAGE[damage]
+    corrupt(delta)
+    code, report = check(tmp_path)
+    assert code == 1 and any("images.faiss.delta" in problem for problem in report["problems"]), report
+    if fix == "repair":
+        code, report = check(tmp_path, "--repair")
+        assert code == 0 and report["healthy"] and not delta.exists(), report
+    table = Index.open("photos", tmp_path).rows(columns=["id", "vector"])
+    scores = np.stack(table.column("vector").to_numpy(zero_copy_only=False)) @ -vectors[0]
+    truth = np.array(table.column("id").to_pylist())[np.argsort(-scores)[:5]].tolist()
+    assert [hit.id for hit in Index.open("photos", tmp_path).search(vector=-vectors[0], k=5)] == truth
+    assert check(tmp_path)[0] == 0

@@ -73,6 +73,35 @@ def test_clip_retrieval_layout_imports_as_is(tmp_path: Path) -> None:
     assert Index.open("emb", root).manifest["ann"]["n"] == 60
 
 
+def test_streamed_in_batches_that_straddle_files_each_row_keeps_its_own_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vectors and metadata are read a batch at a time (not all at once): with batches of 7 rows, two
+    .npy files of 30 and 25 rows and three parquet files of 20, 20 and 15 rows never line up."""
+    from clipsearch.index import imported
+
+    monkeypatch.setattr(imported, "IMPORT_BATCH", 7)
+    out = tmp_path / "emb"
+    (out / "img_emb").mkdir(parents=True)
+    (out / "metadata").mkdir()
+    vectors = np.concatenate([unit_rows(30, 0), unit_rows(25, 1)])
+    np.save(out / "img_emb" / "img_emb_0.npy", vectors[:30])
+    np.save(out / "img_emb" / "img_emb_1.npy", vectors[30:])
+    for n, (start, stop) in enumerate([(0, 20), (20, 40), (40, 55)]):
+        table = pa.table(
+            {"id": [f"r{i}" for i in range(start, stop)], "caption": [f"c{i}" for i in range(start, stop)]}
+        )
+        pq.write_table(table, out / "metadata" / f"metadata_{n}.parquet", row_group_size=6)
+    root = tmp_path / "indexes"
+    summary = run_json("import", "emb", "--vectors", out, "--model", "tiny", "--pretrained", "none", "--root", root)
+    assert summary["new"] == 55
+    rows = {r["id"]: r for r in lancedb.connect(str(root / "emb" / "db")).open_table("images").to_arrow().to_pylist()}
+    assert sorted(rows) == sorted(f"r{i}" for i in range(55))
+    for i in range(55):
+        assert rows[f"r{i}"]["captions"] == [f"c{i}"] and np.allclose(rows[f"r{i}"]["vector"], vectors[i], atol=1e-6)
+    assert Index.open("emb", root).search(vector=vectors[33], k=1)[0].id == "r33"
+
+
 def test_plain_npy_without_metadata_gets_positional_ids(tmp_path: Path) -> None:
     np.save(tmp_path / "v.npy", unit_rows(7, 3))
     root = tmp_path / "indexes"

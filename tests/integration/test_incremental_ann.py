@@ -1,7 +1,8 @@
 """The FAISS index is changed in place by a re-index (issue 11 part 4): after a sequence of adds,
 moves, copies, new pixels and deletes it answers exactly as a rebuild from the table would (exact
 index), or with the same recall (approximate index, with a small forced exact limit); it is saved
-only when it changed, and rebuilt only when its type or its training goes stale."""
+only when it changed, a small change as a delta file beside the FAISS file (the base untouched),
+and rebuilt only when its type or its training goes stale."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 from imagegen import distinct_image, write_distinct_images
 from search_reference import live_rows
 
-from clipsearch.index import ann
-from clipsearch.index.imported import import_vectors
+from clipsearch.files import file_digest
+from clipsearch.index import ann, ann_delta
+from clipsearch.index.imported import Embeddings, import_vectors
 from clipsearch.index.index import Index
 from clipsearch.index.store import IMAGES, sql_in
 from clipsearch.index.sync import SyncStats
@@ -35,13 +37,13 @@ def clustered(n: int, seed: int, centers: int = 40) -> np.ndarray:
 
 def _count_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     builds: list[int] = []
-    real = ann.build
+    real = ann.build_streamed
 
-    def counting(keys, vectors, *args, **kwargs):
-        builds.append(len(keys))
-        return real(keys, vectors, *args, **kwargs)
+    def counting(n, *args, **kwargs):
+        builds.append(n)
+        return real(n, *args, **kwargs)
 
-    monkeypatch.setattr(ann, "build", counting)
+    monkeypatch.setattr(ann, "build_streamed", counting)
     return builds
 
 
@@ -66,9 +68,24 @@ def _held_keys(index: Index) -> list[int]:
     return sorted(ann.stored_keys(index.ann_index).tolist())
 
 
+def _write_deltas(monkeypatch: pytest.MonkeyPatch, fraction: float = 1.0) -> None:
+    """Small changes go to the delta file even for these tiny indexes (whose base is otherwise saved in full)."""
+    monkeypatch.setattr(ann_delta, "FULL_SAVE_BYTES", 0)
+    monkeypatch.setattr(ann_delta, "DELTA_FRACTION", fraction)
+
+
+def _files_state(index: Index) -> tuple[int, int | None]:
+    """(the base file's mtime, the delta file's mtime or None)."""
+    delta = index.store.path / ann_delta.DELTA_FILE
+    return index.faiss_path.stat().st_mtime_ns, delta.stat().st_mtime_ns if delta.is_file() else None
+
+
+@pytest.mark.parametrize("saving", ["full", "delta"])
 def test_exact_index_after_adds_moves_and_deletes_equals_a_rebuild(
-    tmp_path: Path, tiny_encoder, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_encoder, monkeypatch: pytest.MonkeyPatch, saving: str
 ) -> None:
+    if saving == "delta":
+        _write_deltas(monkeypatch)
     folder = tmp_path / "photos"
     write_distinct_images(folder, [f"p{i:02d}.png" for i in range(12)])
     index = Index.create("photos", tmp_path / "indexes", encoder=tiny_encoder)
@@ -85,9 +102,12 @@ def test_exact_index_after_adds_moves_and_deletes_equals_a_rebuild(
     ]
     for step in steps:
         step()
-        before = index.faiss_path.stat().st_mtime_ns
+        base, delta = _files_state(index)
         index.add_folder(folder, workers=0, progress=False)
-        assert index.faiss_path.stat().st_mtime_ns != before  # the index changed, so it was saved
+        if saving == "full":
+            assert _files_state(index)[0] != base  # the index changed, so it was saved
+        else:  # the base untouched, the change in the delta file
+            assert _files_state(index)[0] == base and _files_state(index)[1] not in (None, delta)
         assert _held_keys(index) == sorted(r["key"] for r in live_rows(index.store.path))
         got = _search_keys(index, queries, 6)
         _assert_same_top(index, queries, got)  # what a rebuild of an exact index gives
@@ -97,11 +117,11 @@ def test_exact_index_after_adds_moves_and_deletes_equals_a_rebuild(
     assert builds == []  # never rebuilt: every step changed the index in place
 
     # Nothing changed: nothing rewritten.
-    before = index.faiss_path.stat().st_mtime_ns
+    before = _files_state(index)
     index.add_folder(folder, workers=0, progress=False)
-    assert index.faiss_path.stat().st_mtime_ns == before and builds == []
+    assert _files_state(index) == before and builds == []
     index.prune()  # deleted rows were out of the index already: nothing to do there either
-    assert index.faiss_path.stat().st_mtime_ns == before and builds == []
+    assert _files_state(index) == before and builds == []
 
 
 def _assert_same_top(index: Index, queries: np.ndarray, got: list[list[tuple[float, int]]]) -> None:
@@ -125,8 +145,8 @@ def _search_keys(index: Index, queries: np.ndarray, k: int) -> list[list[tuple[f
 def _import(index: Index, vectors: np.ndarray, ids: list[str]) -> SyncStats:
     import pyarrow as pa
 
-    meta = pa.table({"id": ids})
-    return index.write_rows(lambda: import_vectors(index.store, vectors, meta, "import:test", DIM), "import:test")
+    embeddings = Embeddings.from_arrays(vectors, pa.table({"id": ids}))
+    return index.write_rows(lambda: import_vectors(index.store, embeddings, "import:test", DIM), "import:test")
 
 
 def _delete(index: Index, ids: list[str]) -> None:
@@ -170,3 +190,50 @@ def test_approximate_index_updated_in_place_keeps_its_recall(tmp_path: Path, mon
     _delete(index, [r for r in index.rows(columns=["id"]).column("id").to_pylist() if r != "w0"][:-200])
     assert index.manifest["ann"]["kind"] == "flat" and ann.is_exact(index.ann_index)
     assert isinstance(faiss.downcast_index(index.ann_index), faiss.IndexIDMap2)
+
+
+def _brute_top(index: Index, queries: np.ndarray, k: int) -> list[list[int]]:
+    """The k best live keys per query by brute force over the table (distinct scores here: no ties)."""
+    rows = live_rows(index.store.path)
+    keys, vectors = np.array([r["key"] for r in rows]), np.array([r["vector"] for r in rows], np.float64)
+    return [keys[np.argsort(-(vectors @ q))[:k]].tolist() for q in queries.astype(np.float64)]
+
+
+def test_a_small_change_writes_a_delta_and_a_large_one_folds_it_into_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_deltas(monkeypatch, fraction=0.1)
+    saves: list[int] = []
+    real_save = ann.save
+    monkeypatch.setattr(ann, "save", lambda index, path: saves.append(index.ntotal) or real_save(index, path))
+    index = Index.create("vectors", tmp_path, model="tiny", pretrained="none", dim=DIM)
+    _import(index, clustered(1000, seed=0), [f"v{i}" for i in range(1000)])
+    assert saves == [1000]
+    base = index.faiss_path.stat()
+    queries = clustered(20, seed=5)
+
+    _import(index, clustered(1, seed=1), ["new"])  # add one
+    _import(index, clustered(1, seed=2), ["v3"])  # new vector under an old id
+    _delete(index, ["v7", "new"])  # delete one old row and the added one
+    _import(index, clustered(1, seed=3), ["new2"])
+    record = index.manifest["ann"]
+    delta_file = index.store.path / ann_delta.DELTA_FILE
+    assert saves == [1000]  # never saved in full: the base file is the one written first
+    assert (index.faiss_path.stat().st_mtime_ns, index.faiss_path.stat().st_size) == (base.st_mtime_ns, base.st_size)
+    assert record["checksum"] == file_digest(index.faiss_path)
+    assert record["delta"]["checksum"] == file_digest(delta_file) and record["n"] == 1000
+    assert (record["delta"]["added"], record["delta"]["removed"]) == (2, 3)  # v3, new2; v3, v7, new
+    assert delta_file.stat().st_size < base.st_size / 50  # O(change) bytes, not the whole index
+    assert _search_top(index, queries) == _brute_top(index, queries, 10)
+    reopened = Index.open("vectors", tmp_path)  # base + delta read back from disk
+    assert _search_top(reopened, queries) == _brute_top(index, queries, 10)
+
+    # Past a tenth of the rows: folded into one full save, the delta file gone.
+    _import(index, clustered(150, seed=4), [f"w{i}" for i in range(150)])
+    assert saves == [1000, 1150] and index.manifest["ann"]["delta"] is None and not delta_file.exists()
+    assert index.manifest["ann"]["checksum"] == file_digest(index.faiss_path)
+    assert _search_top(Index.open("vectors", tmp_path), queries) == _brute_top(index, queries, 10)
+
+
+def _search_top(index: Index, queries: np.ndarray) -> list[list[int]]:
+    return [[key for _, key in row] for row in _search_keys(index, queries, 10)]

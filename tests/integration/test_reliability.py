@@ -23,7 +23,7 @@ from imagegen import write_distinct_images
 from index_helpers import GOOD, TINY, build_clean_indexes, private_root
 from PIL import Image
 
-from clipsearch.index import sync
+from clipsearch.index import engines
 from clipsearch.sources import images
 
 BAD_NAME = b"bad\xff\xfe.jpg"
@@ -439,14 +439,14 @@ def test_a_stalled_read_is_skipped_with_its_reason_and_the_run_goes_on(
     folder = tmp_path / "slow"
     write_distinct_images(folder, ["a.png", "b.png", "c.png"])
     stalled = "b.png"
-    real_open_uri = sync.open_uri
+    real_open_uri = engines.open_uri
 
     def open_uri(uri: str, **kwargs):  # stands in for a file on a mount that stopped answering
         if uri.endswith(stalled):
             threading.Event().wait(30)
         return real_open_uri(uri, **kwargs)
 
-    monkeypatch.setattr(sync, "open_uri", open_uri)
+    monkeypatch.setattr(engines, "open_uri", open_uri)
     monkeypatch.setattr(images, "DECODE_SECONDS", 1.0)  # workers are forked: they inherit both patches
     args = ("index", folder, *TINY, "--workers", workers, "--root", tmp_path / "ix", "--json")
     code, stdout, stderr = run_cli(*args)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import sys
 import threading
+import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import numpy as np
 import pytest
-from cli_runner import run_cli
 from PIL import Image
 from rich.console import Console
 
+from clipsearch.cli.app import main
 from clipsearch.errors import ClipsearchError
 from clipsearch.index.index import Index
 from clipsearch.index.store import vectors_of
@@ -30,11 +33,14 @@ from clipsearch.tui.actions import (
     warm_model,
 )
 from clipsearch.tui.app import SearchApp
-from clipsearch.tui.render import UPPER_HALF_BLOCK, details_table, half_block_strips, hit_details, hit_label
-from clipsearch.tui.widgets import HelpScreen
+from clipsearch.tui.render import details_table, hit_details, hit_label
+from clipsearch.tui.widgets import HelpScreen, PreviewImage
 
 SIZE = (120, 36)
+UPPER_HALF_BLOCK = "\u2580"  # how textual-image draws two pixels a cell where there are no graphics
 TIMEOUT = 60  # seconds; only reached when something is broken
+LOADING_SECONDS = 5  # a model load that a quit must not wait for
+QUIT_SECONDS = 1.5  # generous for 2 shared cores; about 0.1 s on an idle machine
 
 
 @pytest.fixture(scope="module")
@@ -97,25 +103,6 @@ def shown_text(renderable) -> str:  # type: ignore[no-untyped-def]
 
 def ids(hits) -> list[str]:  # type: ignore[no-untyped-def]
     return [h.id for h in hits]
-
-
-# -- half-block pixels -----------------------------------------------------------------
-def test_half_blocks_put_the_top_pixel_in_front_and_the_bottom_pixel_behind() -> None:
-    pixels = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 20, 30]]], np.uint8)
-    strips = half_block_strips(Image.fromarray(pixels), width=2, height=1)
-    assert len(strips) == 1 and strips[0].text == UPPER_HALF_BLOCK * 2
-    cells = [segment for segment in strips[0] for _ in segment.text]
-    assert [c.style.color.get_truecolor() for c in cells] == [(255, 0, 0), (0, 255, 0)]
-    assert [c.style.bgcolor.get_truecolor() for c in cells] == [(0, 0, 255), (10, 20, 30)]
-
-
-def test_half_blocks_keep_the_aspect_ratio_and_leave_an_odd_last_row_open() -> None:
-    image = Image.new("RGB", (40, 10), (200, 100, 50))
-    strips = half_block_strips(image, width=20, height=20)  # 20 columns x 5 pixel rows
-    assert [s.cell_length for s in strips] == [20, 20, 20]
-    last = list(strips[-1])
-    assert all(s.style.bgcolor is None and s.style.color.get_truecolor() == (200, 100, 50) for s in last)
-    assert half_block_strips(image, width=0, height=5) == []
 
 
 def test_labels_and_details_show_every_annotation_that_is_set(shapes_index: Index) -> None:
@@ -198,8 +185,9 @@ def test_query_preview_and_more_like_this_match_index_search(shapes_index: Index
             assert third.row["captions"][0] in details
             preview = app.query_one("#preview")
             assert preview.image.size == open_uri(third.uri).size
-            drawn = "".join(preview.render_line(y).text for y in range(preview.size.height))
-            assert UPPER_HALF_BLOCK in drawn
+            picture = preview.query_one(PreviewImage)  # textual-image's widget; half blocks without a terminal
+            assert picture.image is preview.image and picture.display and picture.size.area > 0
+            assert UPPER_HALF_BLOCK in shown_text(picture.render())
 
             await pilot.press("m")  # more like this
             await settle(app, pilot)
@@ -374,13 +362,96 @@ def test_an_index_that_cannot_be_opened_ends_the_app_with_its_message() -> None:
     run(scenario)
 
 
+# -- keys and quitting ----------------------------------------------------------------
+def test_escape_leaves_any_text_box_for_the_results_so_that_q_quits(shapes_index: Index) -> None:
+    """Escape means "done typing": from the query box or the filter box (or the list itself) focus is on
+    the results, where letter keys are commands, so `escape q` quits and types nothing."""
+
+    async def scenario(start: str) -> None:
+        app = SearchApp(lambda: shapes_index, k=3)
+        async with app.run_test(size=SIZE) as pilot:
+            await type_into(pilot, "#query", "a red", submit=False, paste=True)
+            await pilot.click(start)
+            await pilot.press("escape")
+            results = app.query_one("#results")
+            assert app.focused is results
+            await pilot.press("escape")  # in the list already: it stays there
+            assert app.focused is results and app.query_one("#query").value == "a red"
+            await pilot.press("slash")  # back to typing
+            assert app.focused is app.query_one("#query")
+            await pilot.press("escape", "q")
+            for _ in range(100):
+                if not app.is_running:
+                    break
+                await asyncio.sleep(0.02)
+            assert not app.is_running and app.return_code == 0
+
+    for start in ("#query", "#where", "#results"):
+        run(lambda start=start: scenario(start))
+
+
+def test_quitting_does_not_wait_for_the_model_still_loading(shapes_index: Index) -> None:
+    release = threading.Event()
+    pressed: list[float] = []
+
+    def slow_load(index: Index) -> None:
+        release.wait(LOADING_SECONDS)
+
+    async def scenario() -> None:
+        app = SearchApp(lambda: shapes_index, load_model=slow_load)
+        async with app.run_test(size=SIZE) as pilot:
+            while app.index is None:
+                await pilot.pause(0.02)
+            await pilot.press("escape")
+            pressed.append(time.perf_counter())
+            await pilot.press("q")
+
+    try:
+        run(scenario)  # asyncio.run returns once the app's threads are done (Textual's workers are joined)
+        seconds = time.perf_counter() - pressed[0]
+    finally:
+        release.set()
+    print(f"quit while the model loads: {seconds:.3f} s")
+    assert seconds < QUIT_SECONDS
+
+
 # -- the command ------------------------------------------------------------------------
+class Terminal(io.StringIO):
+    """Captured output that says it is a terminal, as the user's is."""
+
+    def isatty(self) -> bool:
+        return True
 
 
-def test_tui_command_opens_the_index_in_the_app(shapes_index: Index, tmp_path: Path, capsys, monkeypatch) -> None:
-    seen = {}
+def run_tui(monkeypatch: pytest.MonkeyPatch, *args: object, terminal: bool = True) -> tuple[int, str, str]:
+    """`clipsearch tui ARGS` in this process, on a terminal or not; the app runs headless, and the
+    command's exit at the end (os._exit, which would end the tests too) becomes a SystemExit."""
 
-    def run_headless(app: SearchApp) -> None:  # the real app, with Textual's headless driver
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(sys, "stdin", Terminal() if terminal else io.StringIO())
+    stdout, stderr = (Terminal() if terminal else io.StringIO()), io.StringIO()
+    code = 0
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            main([str(arg) for arg in args])
+        except SystemExit as stop:
+            code = int(stop.code or 0)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture
+def headless_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """SearchApp.run drives the real app with Textual's headless driver until the model is ready, and
+    notes what it showed; one entry per app the command started."""
+    runs: list[dict] = []
+
+    def run_headless(app: SearchApp) -> None:
+        seen: dict = {}
+        runs.append(seen)
+
         async def drive() -> None:
             async with app.run_test(size=SIZE) as pilot:
                 while app.is_running and not app.ready:
@@ -391,10 +462,28 @@ def test_tui_command_opens_the_index_in_the_app(shapes_index: Index, tmp_path: P
         run(drive)
 
     monkeypatch.setattr(SearchApp, "run", run_headless)
-    root = shapes_index.store.path.parent
-    assert run_cli("tui", "shapes", "--root", root, "-k", "7", "--out", tmp_path) == (0, "", "")
-    assert seen["name"] == "shapes" and seen["k"] == 7 and seen["out"] == tmp_path
-    assert seen["status"].startswith(f"model {shapes_index.spec.identity()} · 60 images · k=7")
+    return runs
 
-    code, _, err = run_cli("tui", "nope", "--root", root)
-    assert code == 1 and err.startswith(f"error: unknown index 'nope' in {root}") and "Traceback" not in err
+
+def test_tui_command_opens_the_index_in_the_app(
+    shapes_index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, headless_runs: list[dict]
+) -> None:
+    root = shapes_index.store.path.parent
+    assert run_tui(monkeypatch, "tui", "shapes", "--root", root, "-k", "7", "--out", tmp_path) == (0, "", "")
+    [seen] = headless_runs
+    assert seen["name"] == "shapes" and seen["k"] == 7 and seen["out"] == tmp_path
+    identity = shapes_index.spec.identity()
+    assert seen["status"].startswith(f"model {identity} · random weights: results mean nothing · 60 images · k=7")
+
+
+def test_an_unknown_index_or_no_terminal_is_one_line_and_nothing_is_drawn(
+    shapes_index: Index, monkeypatch: pytest.MonkeyPatch, headless_runs: list[dict]
+) -> None:
+    root = shapes_index.store.path.parent
+    code, out, err = run_tui(monkeypatch, "tui", "nope", "--root", root)
+    assert code == 1 and out == "" and err.startswith(f"error: unknown index 'nope' in {root}")
+    assert len(err.splitlines()) == 1 and "\x1b" not in err and headless_runs == []
+
+    code, out, err = run_tui(monkeypatch, "tui", "shapes", "--root", root, terminal=False)  # piped
+    assert code == 1 and out == "" and err.startswith("error: clipsearch tui needs a terminal")
+    assert len(err.splitlines()) == 1 and "\x1b" not in err and headless_runs == []

@@ -433,7 +433,7 @@ def test_trainer_and_eval_top1_are_one_computation_even_with_ties():
 def test_labels_of_an_index_without_a_known_dataset_must_be_given():
     index = SimpleNamespace(name="photos", manifest={"sources": ["/home/me/Pictures"]})
 
-    with pytest.raises(ClipsearchError, match=r"cannot tell the classes of index 'photos'.*pass --labels"):
+    with pytest.raises(ClipsearchError, match=r"cannot tell the classes of index 'photos'.*name its labels"):
         inferred_labels(index)
 
 

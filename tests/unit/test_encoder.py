@@ -3,7 +3,10 @@ batching, and the loud offline failure for weights that are not cached."""
 
 from __future__ import annotations
 
+import logging
 import pickle
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from imagegen import distinct_image
 from safetensors.torch import save_file
 
 from clipsearch.errors import ClipsearchError
-from clipsearch.model.encoder import Encoder, default_device
+from clipsearch.model.encoder import Encoder, build_model, default_device
 from clipsearch.model.spec import ModelSpec
 
 TEXTS = ["a dog", "a red circle on grass", "snow", "", "a very long caption " * 20]
@@ -115,3 +118,40 @@ def test_bad_checkpoints_are_refused(tmp_path: Path) -> None:
     save_file({"unrelated.weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ClipsearchError, match="does not fit tiny"):
         Encoder.load("tiny", str(tmp_path / "other.safetensors"), device="cpu")
+
+
+def test_a_loaded_checkpoint_is_not_called_random_and_random_weights_are(
+    tmp_path: Path, tiny_encoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """open_clip logs "No pretrained weights loaded … initialized randomly" for every model it builds empty:
+    untrue when a checkpoint is loaded next (issue 14, item 14)."""
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in tiny_encoder.model.state_dict().items()},
+        str(tmp_path / "best.safetensors"),
+    )
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        Encoder.load("tiny", str(tmp_path / "best.safetensors"), device="cpu")
+    assert not [r for r in caplog.records if "random" in r.getMessage()] and not warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="random weights"):
+        Encoder.load("tiny", "none", device="cpu")
+    assert any("initialized randomly" in r.getMessage() for r in caplog.records)
+
+
+def test_random_weights_built_in_parallel_threads_are_the_seeded_ones() -> None:
+    """A server warms its model in a thread while a request may build one: each gets the seeded weights."""
+    spec = ModelSpec.resolve("tiny", "none")
+    reference = [p.detach().clone() for p in build_model(spec)[0].parameters()]
+    built: dict[int, list[torch.Tensor]] = {}
+
+    def build(slot: int) -> None:
+        built[slot] = [p.detach().clone() for p in build_model(spec)[0].parameters()]
+
+    threads = [threading.Thread(target=build, args=(slot,)) for slot in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for params in built.values():
+        assert all(torch.equal(a, b) for a, b in zip(params, reference))

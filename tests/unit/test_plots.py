@@ -73,29 +73,42 @@ def test_plot_confusion_writes_the_figure_as_png(tmp_path):
 # -- recall@k -----------------------------------------------------------------------------------
 
 
-def test_recall_figure_draws_each_curve_and_marks_r_at_1_5_10():
+def test_recall_figure_draws_each_curve_marks_and_labels_the_requested_k_and_a_chance_line():
     curves = {"text to image": np.linspace(0.3, 0.95, 50), "image to text": np.linspace(0.5, 0.99, 50).tolist()}
-    figure = plots.recall_figure(curves, title="flickr")
+    chance = {"text to image": np.arange(1, 51) / 500, "image to text": np.arange(1, 51) / 100}
+    figure = plots.recall_figure(curves, title="flickr", marks=(1, 5, 20), chance=chance)
 
     (axes,) = figure.axes
     lines = axes.get_lines()
-    assert len(lines) == 4  # a curve and its R@1/5/10 markers per direction
-    for (name, curve), (line, marks) in zip(curves.items(), zip(lines[::2], lines[1::2])):
+    assert len(lines) == 6  # per direction: the curve, its marks, its chance line
+    labels = []
+    for (name, curve), (line, marks, random) in zip(curves.items(), zip(lines[::3], lines[1::3], lines[2::3])):
         assert line.get_label() == name
         assert np.array_equal(line.get_xdata(), np.arange(1, 51)) and np.allclose(line.get_ydata(), curve)
-        assert list(marks.get_xdata()) == [1, 5, 10]
-        assert np.allclose(marks.get_ydata(), np.asarray(curve)[[0, 4, 9]])
+        assert list(marks.get_xdata()) == [1, 5, 20]
+        assert np.allclose(marks.get_ydata(), np.asarray(curve)[[0, 4, 19]])
         assert marks.get_marker() == "o" and marks.get_color() == line.get_color()
-    assert texts(axes.get_legend().get_texts()) == list(curves)
+        assert random.get_label() == f"{name} (chance)" and random.get_linestyle() == ":"
+        assert np.allclose(random.get_ydata(), chance[name]) and random.get_color() == line.get_color()
+        labels += [f"{100 * np.asarray(curve)[k - 1]:.1f}" for k in (1, 5, 20)]
+    assert texts(axes.texts) == labels  # the value at each requested k, in percent
+    assert [t.xy for t in axes.texts[:3]] == [
+        (k, pytest.approx(np.asarray(curves["text to image"])[k - 1])) for k in (1, 5, 20)
+    ]
+    assert texts(axes.get_legend().get_texts()) == [
+        "text to image", "text to image (chance)", "image to text", "image to text (chance)"
+    ]  # fmt: skip
     assert (axes.get_title(), axes.get_xlabel(), axes.get_ylabel()) == ("flickr", "k", "recall@k")
-    assert axes.get_ylim() == (0.0, 1.02)
+    assert axes.get_ylim() == (0.0, 1.08)
 
 
 def test_short_recall_curves_mark_only_the_ks_they_have(tmp_path):
     figure = plots.recall_figure({"t2i": [0.2, 0.4, 0.6]})
 
     _, marks = figure.axes[0].get_lines()
-    assert list(marks.get_xdata()) == [1] and list(marks.get_ydata()) == [0.2]
+    assert (
+        list(marks.get_xdata()) == [1] and list(marks.get_ydata()) == [0.2] and texts(figure.axes[0].texts) == ["20.0"]
+    )
     image = Image.open(plots.plot_recall_curves({"t2i": [0.2, 0.4, 0.6]}, tmp_path / "recall.png"))
     assert image.format == "PNG" and image.size == (7 * plots.PLOT_DPI, 5 * plots.PLOT_DPI)
     with pytest.raises(ValueError):
@@ -106,57 +119,79 @@ def test_short_recall_curves_mark_only_the_ks_they_have(tmp_path):
 
 
 def mixed_rows() -> list[dict]:
-    """Training rows every 2 steps with loss and lr; one validation row per epoch."""
+    """Training rows every 2 steps with loss and lr (fractional epochs); one validation row per epoch."""
     rows = []
     for epoch in range(3):
-        for step in range(epoch * 10, epoch * 10 + 10, 2):
-            rows.append({"epoch": epoch, "step": step, "train_loss": 4.0 / (step + 1), "lr": 1e-3 * (step + 1)})
         rows.append(
             {
                 "epoch": epoch,
-                "step": epoch * 10 + 9,
+                "step": epoch * 10,
                 "val_t2i_R@1": 0.1 * epoch,
+                "val_i2t_R@1": 0.15 * epoch,
                 "val_i2t_R@5": 0.2 * epoch,
-                "val_zs_seen": np.float32(0.5),
+                "val_zs_top1": np.float32(0.5),
+                "val_zs_heldout_top1": 0.25,
                 "val_loss": float("nan"),  # not finite: left out, not drawn as a gap
             }
         )
+        for step in range(epoch * 10 + 2, epoch * 10 + 11, 2):
+            rows.append({"epoch": step / 10, "step": step, "train_loss": 4.0 / (step + 1), "lr": 1e-3 * (step + 1)})
     return rows
 
 
-def test_training_figure_draws_each_key_from_the_rows_that_carry_it():
-    rows = mixed_rows()
-    figure = plots.training_figure(rows)
+CHANCE = {"t2i_R@1": 0.05, "i2t_R@1": 0.08, "i2t_R@5": 0.3, "zs_top1": 0.1, "zs_heldout_top1": 0.1}
 
-    loss_axes, metric_axes, lr_axes = figure.axes
-    train_steps = [row["step"] for row in rows if "train_loss" in row]
-    val_steps = [row["step"] for row in rows if "val_t2i_R@1" in row]
+
+def test_training_figure_has_a_panel_per_kind_with_chance_lines_one_legend_each_and_an_epoch_axis():
+    rows = mixed_rows()
+    figure = plots.training_figure(rows, CHANCE)
+
+    loss_axes, retrieval_axes, zero_shot_axes, lr_axes = figure.axes
+    assert [a.get_title() for a in (loss_axes, retrieval_axes, zero_shot_axes)] == [
+        "loss", "retrieval recall@k (val)", "zero-shot top-1 (val)"
+    ]  # fmt: skip
+    train_epochs = [row["epoch"] for row in rows if "train_loss" in row]
     losses = lines_by_label(loss_axes)
     assert set(losses) == {"train_loss", "val_loss"}
-    assert list(losses["train_loss"].get_xdata()) == train_steps
-    assert np.allclose(losses["train_loss"].get_ydata(), [4.0 / (s + 1) for s in train_steps])
+    assert list(losses["train_loss"].get_xdata()) == train_epochs
+    assert np.allclose(losses["train_loss"].get_ydata(), [4.0 / (r["step"] + 1) for r in rows if "train_loss" in r])
     assert list(losses["val_loss"].get_xdata()) == []  # only NaN values
     (lr,) = lr_axes.get_lines()
-    assert lr.get_label() == "lr" and np.allclose(lr.get_ydata(), [1e-3 * (s + 1) for s in train_steps])
-    assert lr_axes.get_ylabel() == "learning rate"
-    metrics = lines_by_label(metric_axes)
-    assert list(metrics) == ["val_t2i_R@1", "val_i2t_R@5", "val_zs_seen"]
-    assert list(metrics["val_i2t_R@5"].get_xdata()) == val_steps == [9, 19, 29]
-    assert np.allclose(metrics["val_i2t_R@5"].get_ydata(), [0.0, 0.2, 0.4])
-    assert np.allclose(metrics["val_zs_seen"].get_ydata(), 0.5)  # numpy scalars are numbers too
-    assert (loss_axes.get_title(), metric_axes.get_title(), metric_axes.get_xlabel()) == ("loss", "validation", "step")
+    assert lr.get_label() == "lr" and np.allclose(lr.get_ydata(), [1e-3 * (r["step"] + 1) for r in rows if "lr" in r])
+    assert lr_axes.get_ylabel() == "learning rate" and lr_axes.get_legend() is None
+    assert texts(loss_axes.get_legend().get_texts()) == ["val_loss", "train_loss", "lr"]  # one legend for both axes
+
+    retrieval = lines_by_label(retrieval_axes)
+    assert list(retrieval) == ["t2i_R@1", "i2t_R@1", "i2t_R@5", "t2i_R@1 chance", "i2t_R@1 chance", "i2t_R@5 chance"]
+    assert list(retrieval["i2t_R@5"].get_xdata()) == [0, 1, 2] and np.allclose(
+        retrieval["i2t_R@5"].get_ydata(), [0, 0.2, 0.4]
+    )
+    assert retrieval["t2i_R@1"].get_color() == retrieval["i2t_R@1"].get_color() != retrieval["i2t_R@5"].get_color()
+    assert retrieval["i2t_R@1"].get_linestyle() == "--" and retrieval["t2i_R@1"].get_linestyle() == "-"
+    for metric, level in CHANCE.items():
+        if "R@" in metric:  # a level of its own: drawn in its metric's colour
+            line = retrieval[f"{metric} chance"]
+            assert list(line.get_ydata()) == [level, level] and line.get_linestyle() == ":"
+            assert line.get_color() == retrieval[metric].get_color()
+    zero_shot = lines_by_label(zero_shot_axes)
+    assert list(zero_shot) == ["zs_top1", "zs_heldout_top1", "chance"]  # the shared 1/classes level, once
+    assert list(zero_shot["chance"].get_ydata()) == [0.1, 0.1] and zero_shot["chance"].get_color() == "gray"
+    assert np.allclose(zero_shot["zs_top1"].get_ydata(), 0.5)  # numpy scalars are numbers too
+    assert zero_shot_axes.get_xlabel() == "epoch" and loss_axes.get_xlabel() == ""  # one shared epoch axis
+    for axes in (loss_axes, retrieval_axes, zero_shot_axes):
+        assert axes.get_legend() is not None
 
 
-def test_training_figure_x_axis_falls_back_to_epoch_then_row(tmp_path):
-    by_epoch = plots.training_figure([{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(4)])
+def test_training_figure_x_axis_falls_back_to_step_then_row_and_leaves_out_empty_panels(tmp_path):
+    by_step = plots.training_figure([{"step": s, "train_loss": 1.0 / (s + 1)} for s in range(4)])
     by_row = plots.training_figure([{"train_loss": 2.0}, {"epoch": 1, "train_loss": 1.0}])
 
-    assert len(by_epoch.axes) == 2  # no lr: no twin axis
-    (line,) = by_epoch.axes[0].get_lines()
-    assert list(line.get_xdata()) == [0, 1, 2, 3] and by_epoch.axes[1].get_xlabel() == "epoch"
-    assert list(by_row.axes[0].get_lines()[0].get_xdata()) == [0, 1] and by_row.axes[1].get_xlabel() == "row"
-    image = Image.open(plots.plot_training_curves(mixed_rows(), tmp_path / "training.png"))
-    assert image.format == "PNG" and image.size == (9 * plots.PLOT_DPI, 7 * plots.PLOT_DPI)
+    assert len(by_step.axes) == 1  # only losses, no lr: one panel, no twin axis
+    (line,) = by_step.axes[0].get_lines()
+    assert list(line.get_xdata()) == [0, 1, 2, 3] and by_step.axes[0].get_xlabel() == "step"
+    assert list(by_row.axes[0].get_lines()[0].get_xdata()) == [0, 1] and by_row.axes[0].get_xlabel() == "row"
+    image = Image.open(plots.plot_training_curves(mixed_rows(), tmp_path / "training.png", CHANCE))
+    assert image.format == "PNG" and image.size == (9 * plots.PLOT_DPI, round((2.6 * 3 + 0.6) * plots.PLOT_DPI))
     for bad in ([], [{"epoch": 0, "lr": 0.1}]):
         with pytest.raises(ValueError):
             plots.training_figure(bad)

@@ -77,10 +77,32 @@ def test_contact_sheet_rejects_bad_input(tmp_path):
         sheets.contact_sheet([Image.new("RGB", (8, 8))], ["a", "b"], tmp_path / "x.png")
 
 
-def test_fit_text_truncates_to_width():
+def test_long_names_are_elided_in_the_middle_and_keep_their_end():
     from PIL import ImageFont
 
     font = ImageFont.load_default(size=sheets.CAPTION_FONT_SIZE)
-    fitted = sheets._fit_text("x" * 200, font, 100)
-    assert fitted.endswith("...") and font.getlength(fitted) <= 100
+    name = "IMG_" + "x" * 200 + "_0123.jpg"
+    fitted = sheets._fit_text(name, font, 100)
+    assert fitted.startswith("IMG_") and fitted.endswith("0123.jpg") and "..." in fitted
+    assert 80 < font.getlength(fitted) <= 100  # as much as fits
     assert sheets._fit_text("short", font, 100) == "short"
+
+
+def test_hit_captions_show_the_label_when_there_is_one_and_the_whole_file_name():
+    from types import SimpleNamespace
+
+    hits = [
+        SimpleNamespace(rank=1, score=0.3125, uri="/photos/2024/forest/IMG_0012.jpg", id="IMG_0012.jpg", row={"label_name": "cat"}),
+        SimpleNamespace(rank=2, score=0.25, uri="/photos/b.png", id="b.png", row={"label_name": None, "zs_label": "dog"}),
+        SimpleNamespace(rank=3, score=0.125, uri="cifar10:/data/cifar-10-batches-py#test/29", id="x", row={}),
+    ]  # fmt: skip
+    assert sheets.hit_captions(hits) == ["#1 0.312 · cat\nIMG_0012.jpg", "#2 0.250 · dog\nb.png", "#3 0.125\ntest/29"]
+
+
+def test_captions_of_several_lines_make_taller_cells(tmp_path):
+    one = open_png(sheets.contact_sheet([Image.new("RGB", (8, 8))], ["a"], tmp_path / "one.png", thumb=64))
+    two = open_png(sheets.contact_sheet([Image.new("RGB", (8, 8))], ["a\nb.png"], tmp_path / "two.png", thumb=64))
+    assert two.height > one.height and two.width == one.width
+    # The second line is drawn: dark text pixels below the first line's band.
+    below = np.asarray(two.convert("L"))[one.height - sheets.SHEET_MARGIN - 2 : two.height - sheets.SHEET_MARGIN]
+    assert (below < 128).any()

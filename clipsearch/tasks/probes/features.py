@@ -14,11 +14,10 @@ import pyarrow as pa
 from ...errors import ClipsearchError
 from ...index.index import Index
 from ...index.store import vectors_of
-from ...sources.items import class_display_name
 from ..metrics import classification_report
 from ..prompts import default_templates, resolve_labels
 from ..zeroshot import label_indices
-from ..zeroshot_eval import inferred_labels
+from ..zeroshot_eval import inferred_labels, stored_class_names
 
 # Below this many feature values (rows x dim), BLAS and torch threads cost more
 # than they save: on a busy 2-core machine an L-BFGS fit on 480 x 64 features ran
@@ -119,14 +118,13 @@ def _preview(names: Sequence[str], n: int = 5) -> str:
 
 def index_class_names(index: Index, split: str) -> list[str]:
     """The label names present in a split, sorted (underscores read as spaces)."""
-    stored = _split_rows(index, split, ["id", "label_name"]).column("label_name").to_pylist()
-    names = {class_display_name(name) for name in stored if name}
+    names = stored_class_names(index, split)
     if not names:
         raise ClipsearchError(
             f"split {split!r} of index '{index.name}' has no labels: "
-            "index a labelled dataset or folder, or choose --train-split"
+            "index a labelled dataset or folder, or choose another training split"
         )
-    return sorted(names, key=str.lower)
+    return names
 
 
 def probe_classes(index: Index, labels: str | None, train_split: str) -> tuple[list[str], list[str]]:
@@ -152,7 +150,7 @@ def few_shot(features: Features, shots: int, seed: int) -> Features:
     id), so the same seed picks the same images however the table is laid out.
     """
     if shots < 1:
-        raise ClipsearchError(f"--shots must be at least 1, got {shots}")
+        raise ClipsearchError(f"shots must be at least 1 image per class, got {shots}")
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(features.labels):

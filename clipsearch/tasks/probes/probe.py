@@ -36,7 +36,17 @@ class Probe:
 
     @property
     def name(self) -> str:
-        return self.path.stem if self.path else self.kind
+        return self.path.stem if self.path else default_probe_name(self.kind, self.shots)
+
+    @property
+    def shots(self) -> int | None:
+        """Training images per class of a few-shot probe; None when it saw the whole training split."""
+        return self.meta.get("shots")
+
+    @property
+    def description(self) -> str:
+        """Its name, kind and shot count, as every title shows it: "linear-16shot (linear, 16-shot)"."""
+        return f"{self.name} ({self.kind}{f', {self.shots}-shot' if self.shots else ''})"
 
     def check_index(self, index: Index) -> None:
         """Refuse vectors from another model: the probe's weights mean nothing in another space."""
@@ -95,8 +105,14 @@ def probes_folder(index: Index) -> Path:
     return index.store.path / PROBES_DIR
 
 
-def default_probe_path(index: Index, kind: str) -> Path:
-    return probes_folder(index) / f"{kind}.safetensors"
+def default_probe_name(kind: str, shots: int | None = None) -> str:
+    """The name of a probe of `kind`: "linear" on the whole training split, "linear-16shot" on 16 per class, so a
+    few-shot probe never replaces the full one."""
+    return f"{kind}-{shots}shot" if shots else kind
+
+
+def default_probe_path(index: Index, kind: str, shots: int | None = None) -> Path:
+    return probes_folder(index) / f"{default_probe_name(kind, shots)}.safetensors"
 
 
 def find_probe(index: Index, spec: str | Path) -> Path:
@@ -111,5 +127,5 @@ def find_probe(index: Index, spec: str | Path) -> Path:
     existing = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
     raise ClipsearchError(
         f"no probe '{spec}': give a .safetensors file or the name of one in {folder} "
-        f"({', '.join(existing) if existing else 'none yet: clipsearch probe train ' + index.name + ' --kind linear'})"
+        f"({', '.join(existing) if existing else 'none yet: train one first'})"
     )
