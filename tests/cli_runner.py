@@ -10,9 +10,9 @@ from typing import Any
 from clipsearch.cli.app import main
 
 
-def run_cli(*args: object) -> tuple[int, str, str]:
-    """`clipsearch ARGS`: (exit code, stdout, stderr)."""
-    stdout, stderr = io.StringIO(), io.StringIO()
+def run_cli(*args: object, stdout: io.StringIO | None = None) -> tuple[int, str, str]:
+    """`clipsearch ARGS`: (exit code, stdout, stderr); `stdout` may be a stream that says it is a terminal."""
+    stdout, stderr = stdout or io.StringIO(), io.StringIO()
     code = 0
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:

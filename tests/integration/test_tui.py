@@ -10,14 +10,13 @@ import os
 import sys
 import threading
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 from rich.console import Console
 
-from clipsearch.cli.app import main
 from clipsearch.errors import ClipsearchError
 from clipsearch.index.index import Index
 from clipsearch.index.store import vectors_of
@@ -432,14 +431,7 @@ def run_tui(monkeypatch: pytest.MonkeyPatch, *args: object, terminal: bool = Tru
 
     monkeypatch.setattr(os, "_exit", exit_now)
     monkeypatch.setattr(sys, "stdin", Terminal() if terminal else io.StringIO())
-    stdout, stderr = (Terminal() if terminal else io.StringIO()), io.StringIO()
-    code = 0
-    with redirect_stdout(stdout), redirect_stderr(stderr):
-        try:
-            main([str(arg) for arg in args])
-        except SystemExit as stop:
-            code = int(stop.code or 0)
-    return code, stdout.getvalue(), stderr.getvalue()
+    return run_cli(*args, stdout=Terminal() if terminal else io.StringIO())
 
 
 @pytest.fixture
