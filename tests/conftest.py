@@ -31,13 +31,24 @@ def _guarded_connect(sock: socket.socket, address):  # type: ignore[no-untyped-d
 socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path_factory.mktemp("home")
+def _isolate(home, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_HOME", str(home / "indexes"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "xdg-data"))  # the default root too, were CLIPSEARCH_HOME unset
     monkeypatch.setenv("CLIPSEARCH_DATA", str(home / "data"))
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))  # an empty model cache: nothing can be found there
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))  # an empty model cache: no export or weights of the user's
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_home(tmp_path_factory: pytest.TempPathFactory):
+    """For module- and session-scoped fixtures, which run before any test's own home is set."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(tmp_path_factory.mktemp("session-home"), monkeypatch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    _isolate(tmp_path_factory.mktemp("home"), monkeypatch)
 
 
 @pytest.fixture(scope="session")
