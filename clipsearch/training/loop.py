@@ -354,13 +354,13 @@ def train(
 ) -> TrainResult:
     """Train (or with `resume`, continue) the run in `config.out`; returns its validation results.
 
-    Validates before training (epoch 0, the untrained model) and after every
-    epoch. `stop_after` ends this invocation after that many epochs in total
-    (e.g. 1 of 2), leaving a run that `resume` finishes exactly.
+    Validates before training (epoch 0, the untrained model) and after every epoch. `stop_after` ends
+    this invocation after that many epochs in total (e.g. 1 of 2), leaving a run that `resume` finishes exactly.
     """
     config = checked_run_config(config, resume)
     data = data or load_training_data(config.data, Path(config.data_dir) if config.data_dir else None)
-    log = console.print if console is not None else (lambda *a, **k: None)
+    # soft_wrap: a log file or a pipe gets each epoch as one line (a terminal wraps it itself)
+    log = (lambda *a, **k: console.print(*a, soft_wrap=True, **k)) if console else (lambda *a, **k: None)
     for problem in data.problems[:10]:
         log(f"warning: {problem}", highlight=False)
 

@@ -5,6 +5,7 @@ and Flickr8k / CIFAR data become training examples."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from caption_fixture import table_rows, write_flickr8k
 from cifar_fixture import make_cifar_archive
 from cli_runner import run_cli
+from rich.console import Console
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.index.index import Index
@@ -362,3 +364,13 @@ def test_mini_trains_one_epoch_and_its_checkpoint_searches(tmp_path: Path) -> No
     best = np.argsort(-scores, kind="stable")[:3]
     assert [hit["id"] for hit in hits] == [stored[i]["id"] for i in best]
     assert [hit["score"] for hit in hits] == pytest.approx(scores[best].tolist(), abs=1e-5)
+
+
+def test_each_epoch_is_one_line_in_a_log_file(small_shapes: Path, tmp_path: Path) -> None:
+    """`clipsearch train ... 2> log` at the console width of a file (80): no epoch line is broken in two."""
+    log = io.StringIO()
+    config = TrainConfig(data=str(small_shapes), out=str(tmp_path / "run"), epochs=1, **FAST)
+    train(config, progress=False, console=Console(file=log, width=80))
+    [line] = [line for line in log.getvalue().splitlines() if line.startswith("epoch 1/1")]
+    assert "loss" in line and "t2i R@1/5/10" in line
+    assert "zs top1" in line, line  # the last group: on the same line, not wrapped onto the next
