@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -109,3 +110,12 @@ def print_hits(index: Any, hits: list, title: str) -> None:
     folders = [s for s in index.manifest.get("sources", []) if s.startswith("/")]
     where = f" ({folders[0]})" if len(folders) == 1 else ""
     out.print(fitted_table(title + where, columns, rows, out.width, elide="path"))
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit now, skipping the interpreter's clean-up, which frees torch's (and gradio's) objects one by one
+    (seconds on 2 cores) and would wait for a model still loading. Only for commands that read an index and
+    have nothing left to write (`tui` once its terminal is restored and its exports finished, `serve`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import ipaddress
-import os
 import secrets
 import socket
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +15,7 @@ import typer
 from ..errors import ClipsearchError
 from ..web.app import create_app
 from ..web.service import SearchService
-from .common import BackendOpt, PrecisionOpt, RootOpt, err
+from .common import BackendOpt, PrecisionOpt, RootOpt, end_process, err
 
 WEB_MODULES = ("gradio", "fastapi", "uvicorn", "multipart")  # what the `web` extra installs
 
@@ -85,8 +83,4 @@ def run_server(app: object, listening: socket.socket) -> None:
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it handled, after shutting down
         server.run(sockets=[listening])
     err.print("stopped")
-    # Nothing is left to write (the index is read-only), and tearing down torch's and gradio's module graphs
-    # took seconds here: end the process now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_process(0)  # the index was only read; tearing down torch's and gradio's modules took seconds

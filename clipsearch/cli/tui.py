@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
 
 from ..errors import ClipsearchError
-from .common import RootOpt, open_index
+from .common import RootOpt, end_process, open_index
 
 
 def tui_cmd(
@@ -37,12 +36,3 @@ def tui_cmd(
     if search_app.startup_error:
         raise ClipsearchError(search_app.startup_error)
     end_process(0)
-
-
-def end_process(code: int) -> NoReturn:
-    """Exit now, skipping the interpreter's clean-up, which frees torch's objects one by one (seconds on
-    2 cores) and would wait for a model still loading. Nothing is lost: the terminal is restored, the
-    app's workers (exports) have finished, the index was only read."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
