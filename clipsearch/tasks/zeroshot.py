@@ -81,10 +81,6 @@ class PrototypeIndex:
         return vectors @ self.prototypes.T
 
 
-def zero_shot_logits(image_vectors: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    return LOGIT_SCALE * PrototypeIndex(prototypes).cosines(image_vectors)
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
