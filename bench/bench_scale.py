@@ -108,7 +108,7 @@ def run(n: int, work: Path) -> dict:
         ann.search(faiss_index, q[None], 10)
         ann_times.append(time.perf_counter() - t)
     table = index.rows(columns=["key", "vector"])
-    from clipsearch.index.store import vectors_of
+    from clipsearch.index.schema import vectors_of
 
     keys, stored = table.column("key").to_numpy(), vectors_of(table)
     truth = [keys[np.argsort(-(stored @ q))[:10]] for q in queries]

@@ -12,7 +12,7 @@ waits for after `escape q`: `clipsearch tui` run in a pseudo-terminal, from q pr
 once the model is ready and once while it is still loading.
 
 The index rows are 10,000 random unit vectors written straight into a fresh index of the
-model (`clipsearch.store` rows, then `Index.rebuild_ann`) instead of 10,000 encoded images:
+model (`clipsearch.store` rows, then `Index.rebuild_derived`) instead of 10,000 encoded images:
 an exact FAISS search costs the same whatever the vectors are, and generating and encoding
 10,000 images would only slow the benchmark down. 10,000 rows keep the index exact
 (`IDMap2,Flat`, the kind used up to 200k rows).
@@ -50,7 +50,8 @@ warnings.filterwarnings("ignore", message=".*random weights.*")
 from clipsearch.files import write_json  # noqa: E402
 from clipsearch.index import ann  # noqa: E402
 from clipsearch.index.index import Index  # noqa: E402
-from clipsearch.index.store import IMAGES, images_schema, rows_to_table  # noqa: E402
+from clipsearch.index.schema import images_schema, rows_to_table  # noqa: E402
+from clipsearch.index.store import IMAGES  # noqa: E402
 from clipsearch.model.encoder import Encoder  # noqa: E402
 from clipsearch.sources.shapes import COLOURS, SHAPES  # noqa: E402
 from clipsearch.tui.actions import Query, run_query, warm_model  # noqa: E402
@@ -87,7 +88,7 @@ def random_index(encoder: Encoder, root: Path, rows: int, seed: int = 0) -> Inde
             for i in range(start, min(rows, start + 2048))
         ]
         index.store.add(IMAGES, rows_to_table(batch, schema))
-    index.rebuild_ann()
+    index.rebuild_derived()
     return index
 
 

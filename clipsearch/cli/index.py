@@ -128,7 +128,7 @@ def list_cmd(root: Optional[Path] = RootOpt, as_json: bool = typer.Option(False,
     for path in Store.list_indexes(root):
         try:  # one broken index (manifest, name, table) is reported; the others are still listed
             index = Index.open(path.name, path.parent)
-            images = index.counts(recorded=True)["images"]
+            images = index.counts()["images"]
         except ClipsearchError as error:
             problems.append(f"{path.name}: {error}")
             continue

@@ -24,7 +24,8 @@ from ..errors import ClipsearchError
 from . import ann, ann_delta
 from .ann_delta import DELTA_FILE, Delta
 from .integrity import damage_message, is_damage
-from .store import DELETED_ROWS, IMAGES, LIVE_ROWS, Store, sql_in_chunks, vectors_of
+from .schema import vectors_of
+from .store import DELETED_ROWS, IMAGES, LIVE_ROWS, Store, sql_in_chunks
 
 FAISS_FILE = "images.faiss"
 BUILD_BATCH = 65_536  # rows read at a time by a build (128 MB of 512-d vectors)
@@ -70,7 +71,7 @@ class AnnFile:
         version, uuid = self.store.version(), self.store.read_manifest().get("uuid") or uuid4().hex
         record = {**info, **written, "n": int(index.ntotal), "file": FAISS_FILE, "table_version": version}
         record = {**record, "index_uuid": uuid, "delta": None}
-        manifest = self.store.update_manifest(uuid=uuid, ann=record, counts=self.store.counts())
+        manifest = self.store.update_manifest(uuid=uuid, ann=record, **self.store.counts_record())
         (self.store.path / DELTA_FILE).unlink(missing_ok=True)  # only once the manifest no longer names it
         self._hold(index, version, record, Delta.empty(self.dim))
         return manifest
@@ -84,7 +85,7 @@ class AnnFile:
         written = ann_delta.write(delta, self.store.path)
         version = self.store.version()
         record = {**record, "n": int(index.ntotal), "table_version": version, "delta": written}
-        manifest = self.store.update_manifest(ann=record, counts=self.store.counts())
+        manifest = self.store.update_manifest(ann=record, **self.store.counts_record())
         self._hold(index, version, record, delta)
         return manifest
 
@@ -122,7 +123,7 @@ class AnnFile:
             return self._save_change(index, record, Delta(remove, keys, vectors))
         # Same vectors (labels, or a compaction, changed the version): re-stamp, nothing written.
         self._hold(index, self.store.version(), record, self.delta)
-        return self.store.update_manifest(ann={**record, "table_version": self.version}, counts=self.store.counts())
+        return self.store.update_manifest(ann={**record, "table_version": self.version}, **self.store.counts_record())
 
     def _changes(
         self, index: faiss.Index, written: np.ndarray, n_live: int

@@ -22,7 +22,9 @@ from . import ann
 from .ann_file import FAISS_FILE, load_recorded
 from .index import Index
 from .integrity import damage_message, error_summary
-from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, vectors_of
+from .rows_file import ROWS_FILE
+from .schema import vectors_of
+from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in
 
 UNIT_TOLERANCE = 1e-3  # |norm - 1| above this is not a unit vector (float32 rounding is ~1e-7)
 READ_CHUNK = 4096  # rows per read when salvaging a damaged table
@@ -74,7 +76,7 @@ def inspect(path: Path) -> CheckReport:
     images, captions = tables[IMAGES], tables[CAPTIONS]
     dim = int(manifest["dim"])
     if images is not None:
-        report.problems += _vector_problems(store, IMAGES, dim) + _image_problems(images, manifest)
+        report.problems += _vector_problems(store, IMAGES, dim) + _image_problems(images, store.recorded_counts())
         report.problems += _key_index_problems(store, images)
         report.problems += _faiss_problems(store, images, manifest)
     if captions is not None:
@@ -103,14 +105,15 @@ def _live(images: pa.Table) -> pa.Table:
     return images.filter(pa.compute.invert(images.column("deleted").fill_null(False)))
 
 
-def _image_problems(images: pa.Table, manifest: dict[str, Any]) -> list[str]:
+def _image_problems(images: pa.Table, counts: dict[str, int] | None) -> list[str]:
+    """Duplicate ids or keys; recorded counts (when current: recorded at these table versions) that are wrong."""
     problems = []
     for column in ("id", "key"):
         values = images.column(column).to_numpy(zero_copy_only=False)
         duplicates = len(values) - len(np.unique(values))
         if duplicates:
             problems.append(f"table {IMAGES}: {duplicates} duplicate {column}s")
-    counts = manifest.get("counts") or {}
+    counts = counts or {}
     live = _live(images).num_rows
     if "images" in counts and counts["images"] != live:
         problems.append(f"manifest counts {counts['images']} images, the table holds {live}")
@@ -201,8 +204,8 @@ def repair_index(path: Path) -> list[str]:
                 done += _restore_table(store, name)
         store.rebuild_key_index()
         done.append(f"table {IMAGES}: key index rebuilt")
-        Index(store).rebuild_ann()
-        done.append(f"{FAISS_FILE}: rebuilt from the table; manifest counts recorded")
+        Index(store).rebuild_derived()
+        done.append(f"{FAISS_FILE}, {ROWS_FILE}: rebuilt from the table; manifest counts recorded")
     return done
 
 

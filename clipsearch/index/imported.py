@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from ..errors import ClipsearchError
 from ..model.spec import CONFIG_DIR, ModelSpec, load_open_clip
-from .store import IMAGES, Store, images_schema
+from .schema import images_schema
+from .store import IMAGES, Store
 from .sync import SyncStats
 
 UNIT_TOLERANCE = 0.01

@@ -23,21 +23,11 @@ from ..sources.datasets import dataset_items
 from ..sources.folder import scan_annotated
 from ..sources.items import Item
 from . import ann
-from .ann_file import AnnFile
+from .derived import DerivedFiles
 from .integrity import check_architecture
 from .query import Hit, caption_hits, check_k, embed_query, image_hits, nearest_keys, parse_query
-from .store import (
-    CAPTIONS,
-    DELETED_ROWS,
-    IMAGES,
-    LIVE_ROWS,
-    SKIPPED,
-    Store,
-    captions_schema,
-    sql_in_chunks,
-    sql_quote,
-    vectors_of,
-)
+from .schema import captions_schema, vectors_of
+from .store import CAPTIONS, DELETED_ROWS, IMAGES, LIVE_ROWS, SKIPPED, Store, sql_in_chunks, sql_quote
 from .sync import Engine, SyncStats, sync_items
 
 LABEL_BATCH = 8192  # rows scored and written per batch by write_labels
@@ -52,7 +42,7 @@ class Index:
         self.manifest = store.read_manifest()
         self.spec = ModelSpec.from_dict(self.manifest["model"])
         self._encoder = encoder
-        self._ann_file = AnnFile(store, int(self.manifest["dim"]))
+        self._derived = DerivedFiles(store, int(self.manifest["dim"]))  # the FAISS file, the rows file
         self.problems: list[str] = []  # what the last add_* could not read in annotation files
 
     # -- opening ---------------------------------------------------------------
@@ -153,22 +143,23 @@ class Index:
         options.update(excluded=excluded, engine=engine)
 
         def write() -> SyncStats:  # the encoder is asked for only when something is encoded: none when unchanged
-            return sync_items(self.store, items, source, int(self.manifest["dim"]), lambda: self.encoder, **options)
+            dim, stored = int(self.manifest["dim"]), self._derived.rows.current()
+            return sync_items(self.store, items, source, dim, lambda: self.encoder, stored=stored, **options)
 
         return self.write_rows(write, source, prune)
 
     def write_rows(self, write: Callable[[], SyncStats], source: str, prune: bool = False) -> SyncStats:
         """`write` (a sync, an import) under the writer lock; then its source, compaction, the FAISS update."""
         with self.store.writer_lock():
-            version_before = self.store.version()
+            states_before, version_before = self.store.states(), self.store.version()
             stats = write()
             sources = sorted(set(self.manifest.get("sources", [])) | {source})
             made = {"encoder": backend_info(self._encoder)} if self._encoder else {}  # how these vectors were made
             self.manifest = self.store.update_manifest(sources=sources, **made)
             if prune:
-                self._prune()
-            self.store.compact()
-            self.manifest = self._ann_file.update(stats.written_keys, version_before)
+                stats.changed_ids += self._prune()
+            if self.store.states() != states_before or not self._derived.current():
+                self.manifest = self._derived.update(stats.written_keys, stats.changed_ids, version_before)
         return stats
 
     def add_folder(
@@ -222,33 +213,33 @@ class Index:
         """Remove rows marked deleted (files gone from disk) for good."""
         with self.store.writer_lock():
             version_before = self.store.version()
-            removed = self._prune()
-            self.store.compact()
-            self.manifest = self._ann_file.update([], version_before)
-        return removed
+            gone = self._prune()
+            self.manifest = self._derived.update([], gone, version_before)
+        return len(gone)
 
-    def _prune(self) -> int:
+    def _prune(self) -> list[str]:
+        """Delete the rows marked deleted and their captions; returns their ids."""
         gone = self.store.scan(IMAGES, ["id"], DELETED_ROWS).column("id").to_pylist()
         for clause in sql_in_chunks("image_id", gone):
             self.store.delete(CAPTIONS, clause)
         if gone:
             self.store.delete(IMAGES, DELETED_ROWS)
-        return len(gone)
+        return gone
 
     # -- the FAISS index ---------------------------------------------------------
     @property
     def faiss_path(self) -> Path:
-        return self._ann_file.path
+        return self._derived.ann.path
 
-    def rebuild_ann(self) -> faiss.Index:
-        """Build the FAISS file from the table (the source of truth); the manifest vouches for it."""
-        self.manifest = self._ann_file.rebuild()
+    def rebuild_derived(self) -> faiss.Index:
+        """Build the FAISS file and the rows file from the table (the source of truth); the manifest vouches for them."""
+        self.manifest = self._derived.rebuild()
         return self.ann_index
 
     @property
     def ann_index(self) -> faiss.Index:
         """The FAISS index for the table as it is now (AnnFile.current: reloaded or rebuilt as needed)."""
-        index, manifest = self._ann_file.current()
+        index, manifest = self._derived.ann.current()
         self.manifest = manifest or self.manifest
         return index
 
@@ -273,16 +264,17 @@ class Index:
             # Only label columns changed: the vectors, hence the FAISS file, are still current.
             ann_info = dict(self.manifest["ann"] or {})
             if ann_info.get("table_version") is not None:
-                ann_info["table_version"] = self._ann_file.restamp(ann_info["table_version"])
-            self.manifest = self.store.update_manifest(ann=ann_info, counts=self.counts())
+                ann_info["table_version"] = self._derived.ann.restamp(ann_info["table_version"])
+            self.store.update_manifest(ann=ann_info, **self.store.counts_record())
+            self.manifest = self._derived.rows.rebuild()  # every labelled row changed
         per_class = np.bincount(class_of_row, minlength=len(class_names))
         return {str(class_names[c]): int(per_class[c]) for c in np.argsort(-per_class, kind="stable")}
 
     # -- reading -----------------------------------------------------------------
-    def counts(self, recorded: bool = False) -> dict[str, int]:
-        """Live images, deleted images, skipped files, captions. `recorded`: as the last completed write
-        stored them in the manifest, if it did (opens no table: fast, for `clipsearch list`)."""
-        return dict(self.manifest["counts"]) if recorded and self.manifest.get("counts") else self.store.counts()
+    def counts(self) -> dict[str, int]:
+        """Live images, deleted images, skipped files, captions: as the last write recorded them when the
+        tables are still at the versions it counted (no table opened: fast), else counted now."""
+        return self.store.recorded_counts() or self.store.counts()
 
     def rows(
         self, where: str | None = None, columns: Sequence[str] | None = None, include_deleted: bool = False
@@ -376,7 +368,8 @@ class Index:
         # The filter runs before the query is embedded: a mistake in it fails fast, without loading the model.
         allowed = self.rows(where, ["key", "vector"] if not ann.is_exact(index) else ["key"]) if where else None
         query_vector = self.query_vector(query, image) if vector is None else np.asarray(vector, np.float32)
-        return image_hits(self.store, nearest_keys(index, query_vector, k, allowed, threshold))
+        found = nearest_keys(index, query_vector, k, allowed, threshold)
+        return image_hits(self._derived.rows_of_keys([key for _, key in found]) if found else None, found)
 
     def search_captions(
         self,

@@ -27,6 +27,7 @@ _MANIFEST_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "preprocessing": ((dict, type(None)), False),
     "ann": ((dict, type(None)), False),
     "counts": ((dict, type(None)), False),
+    "counts_at": ((dict, type(None)), False),
     "sources": ((list,), False),
     "created": ((str,), False),
     "updated": ((str,), False),

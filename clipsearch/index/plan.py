@@ -17,10 +17,18 @@ import pyarrow.compute as pc
 
 from ..files import file_digest
 from ..sources.items import Item
-from .store import IMAGES, SKIPPED, Store, sql_quote
 
-_PLAN_COLUMNS = ["id", "key", "size", "mtime", "content_hash", "deleted", "source"]
 _META_COLUMNS = ["split", "label", "label_name", "captions"]
+STORED_COLUMNS = [
+    "id",
+    "key",
+    "size",
+    "mtime",
+    "content_hash",
+    "deleted",
+    "source",
+    *_META_COLUMNS,
+]  # what a plan reads
 _CAPTION_SEP = "\x1f"  # joins a row's captions into one string for a vectorised comparison
 
 
@@ -89,17 +97,18 @@ def _same_metadata(stored: pa.Table, items: Sequence[Item]) -> np.ndarray:
 
 
 def plan_sync(
-    store: Store, items: Sequence[Item], source: str, skipped: list[dict[str, Any]], mark_missing: bool = True
+    stored: pa.Table,
+    skips: pa.Table,
+    items: Sequence[Item],
+    source: str,
+    skipped: list[dict[str, Any]],
+    mark_missing: bool = True,
 ) -> Plan:
-    """What to do for each item: keep (maybe relabel), keep a touched file's vector when its content
-    hash is unchanged, re-encode, reuse a vector by content hash, or encode new; and which rows of
-    `source` are gone."""
+    """What to do for each item, given the stored rows (STORED_COLUMNS) and this source's skipped files
+    (`id`, `size`, `mtime`): keep (maybe relabel), keep a touched file's vector when its content hash is
+    unchanged, re-encode, reuse a vector by content hash, or encode new; and which rows of `source` are gone."""
     plan = Plan()
-    stored = store.scan(IMAGES, [*_PLAN_COLUMNS, *_META_COLUMNS])
-    known_skips = {
-        (r["id"], r["size"], r["mtime"])
-        for r in store.scan(SKIPPED, ["id", "size", "mtime"], f"source = {sql_quote(source)}").to_pylist()
-    }
+    known_skips = {(r["id"], r["size"], r["mtime"]) for r in skips.select(["id", "size", "mtime"]).to_pylist()}
     ids = pa.array([item.id for item in items], pa.string())
     # pos[i]: the stored row of items[i], -1 when none (the columns' extra last element).
     pos = pc.index_in(ids, value_set=stored.column("id")).fill_null(-1).to_numpy(zero_copy_only=False)

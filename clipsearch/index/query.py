@@ -18,7 +18,7 @@ from ..errors import ClipsearchError
 from ..model.interface import EncoderLike
 from ..sources.images import ImageDecodeError, decode_image, is_image_file
 from . import ann
-from .store import IMAGES, Store, sql_in, vectors_of
+from .schema import vectors_of
 
 if TYPE_CHECKING:  # annotations only
     import faiss
@@ -170,15 +170,10 @@ def nearest_keys(
     return [(float(s), int(key)) for s, key in zip(scores, keys) if key >= 0 and (threshold is None or s >= threshold)]
 
 
-def image_hits(store: Store, found: Sequence[tuple[float, int]]) -> list[Hit]:
-    """(score, key) pairs as ranked hits carrying their stored rows (without the vector)."""
-    if not found:
-        return []
-    columns = [f.name for f in store.images.schema if f.name != "vector"]
-    rows = {
-        row["key"]: row for row in store.scan(IMAGES, columns, sql_in("key", [key for _, key in found])).to_pylist()
-    }
-    return [Hit(rank, score, rows[key]) for rank, (score, key) in enumerate(found, 1) if key in rows]
+def image_hits(rows: pa.Table | None, found: Sequence[tuple[float, int]]) -> list[Hit]:
+    """(score, key) pairs as ranked hits carrying their stored rows (`rows`: those rows, without vectors)."""
+    by_key = {row["key"]: row for row in rows.to_pylist()} if rows is not None else {}
+    return [Hit(rank, score, by_key[key]) for rank, (score, key) in enumerate(found, 1) if key in by_key]
 
 
 def caption_hits(captions: pa.Table, query: np.ndarray, k: int) -> list[Hit]:

@@ -25,6 +25,8 @@ import pyarrow as pa
 from ..errors import ClipsearchError
 from ..files import atomic_write_text
 from .integrity import FORMAT_VERSION, damage_message, guarded, is_damage, read_manifest
+from .lance_folder import files_fingerprint, table_version
+from .schema import SKIPPED_SCHEMA, captions_schema, images_schema, vectors_of
 
 if TYPE_CHECKING:  # annotations only; the connection imports lancedb where it is made
     import lancedb
@@ -38,16 +40,6 @@ MAX_NAME_LENGTH = 255  # a file name's limit on every common file system
 IMAGES, CAPTIONS, SKIPPED = "images", "captions", "skipped"
 # Rows of files gone from disk stay (marked) until a prune; every reader of images means the others.
 LIVE_ROWS, DELETED_ROWS = "deleted = false", "deleted = true"
-# Columns that later tasks (classify, probe apply) fill in; declared up front so
-# every index has one schema.
-ANNOTATION_FIELDS = [
-    pa.field("zs_label", pa.string()),
-    pa.field("zs_score", pa.float32()),
-    pa.field("zs_labelset", pa.string()),
-    pa.field("probe_label", pa.string()),
-    pa.field("probe_score", pa.float32()),
-    pa.field("probe_name", pa.string()),
-]
 
 
 COMPACT_SMALL_FRAGMENTS = 16  # lancedb's advice: optimize after ~20 modifications or 100k rows
@@ -63,56 +55,6 @@ def index_root(root: Path | None) -> Path:
     if base.exists() and not base.is_dir():
         raise ClipsearchError(f"index root {base} is not a folder; give a folder (or a new path) as the root")
     return base
-
-
-def vector_type(dim: int) -> pa.DataType:
-    return pa.list_(pa.float32(), dim)
-
-
-def images_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("key", pa.int64(), nullable=False),
-            pa.field("uri", pa.string()),
-            pa.field("source", pa.string()),
-            pa.field("split", pa.string()),
-            pa.field("label", pa.int64()),
-            pa.field("label_name", pa.string()),
-            pa.field("captions", pa.list_(pa.string())),
-            pa.field("mtime", pa.float64()),
-            pa.field("size", pa.int64()),
-            pa.field("content_hash", pa.string()),
-            pa.field("width", pa.int32()),
-            pa.field("height", pa.int32()),
-            pa.field("vector", vector_type(dim)),
-            pa.field("deleted", pa.bool_()),
-            *ANNOTATION_FIELDS,
-        ]
-    )
-
-
-def captions_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("image_id", pa.string(), nullable=False),
-            pa.field("caption_index", pa.int32()),
-            pa.field("caption", pa.string()),
-            pa.field("vector", vector_type(dim)),
-        ]
-    )
-
-
-SKIPPED_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("uri", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("size", pa.int64()),
-        pa.field("mtime", pa.float64()),
-    ]
-)
 
 
 def now_iso() -> str:
@@ -133,32 +75,6 @@ def sql_in_chunks(column: str, values: Sequence[Any], size: int = 2000) -> Itera
     """`sql_in` clauses of at most `size` values each: one clause for 10^5 ids would be slow to parse."""
     for start in range(0, len(values), size):
         yield sql_in(column, values[start : start + size])
-
-
-def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Build an Arrow table from row dicts; missing columns become nulls."""
-    columns = {}
-    for field in schema:
-        values = [row.get(field.name) for row in rows]
-        if pa.types.is_fixed_size_list(field.type):
-            flat = np.asarray(values, dtype=np.float32).reshape(-1)
-            columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size)
-        else:
-            columns[field.name] = pa.array(values, type=field.type)
-    return pa.table(columns, schema=schema)
-
-
-def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
-    """A fixed-size-list column as an (n, dim) float32 array, without Python objects."""
-    chunked = table.column(column)
-    if table.num_rows == 0:
-        return np.zeros((0, chunked.type.list_size), np.float32)
-    flat = pa.concat_arrays([chunk.flatten() for chunk in chunked.chunks])
-    return (
-        flat.to_numpy(zero_copy_only=False)
-        .reshape(table.num_rows, chunked.type.list_size)
-        .astype(np.float32, copy=False)
-    )
 
 
 class Store:
@@ -237,9 +153,7 @@ class Store:
                 raise ClipsearchError(
                     f"index {self.path.name} is being written by another process; try again when it finishes"
                 ) from None
-            try:
-                # Unknown until this write completes and records them; an interrupted one leaves them so.
-                self.update_manifest(counts=None)
+            try:  # (recorded counts need no reset: they are trusted only at the versions they were counted at)
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -272,9 +186,23 @@ class Store:
     def images(self) -> lancedb.table.Table:
         return self.table(IMAGES)
 
-    @guarded
     def version(self, name: str = IMAGES) -> int:
+        """The table's current version: from its folder's manifest names (no lancedb), else from lancedb."""
+        version = table_version(self.path / "db" / f"{name}.lance")
+        return version if version is not None else self._lancedb_version(name)
+
+    @guarded
+    def _lancedb_version(self, name: str) -> int:
         return int(self.table(name).version)
+
+    def state(self, name: str = IMAGES) -> str | None:
+        """The table's version and the fingerprint of its files (None: the table is missing; none is
+        created, so `check` stays a read): what recorded counts and the rows file are checked against."""
+        folder = self.path / "db" / f"{name}.lance"
+        return f"{self.version(name)}:{files_fingerprint(folder)}" if folder.is_dir() else None
+
+    def states(self) -> dict[str, str | None]:
+        return {name: self.state(name) for name in (IMAGES, CAPTIONS, SKIPPED)}
 
     @guarded
     def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
@@ -303,6 +231,16 @@ class Store:
             "skipped": self.count(SKIPPED),
             "captions": self.count(CAPTIONS),
         }
+
+    def counts_record(self) -> dict[str, Any]:
+        """The manifest entries `counts` and `counts_at` (the table states they hold for)."""
+        return {"counts": self.counts(), "counts_at": self.states()}
+
+    def recorded_counts(self) -> dict[str, int] | None:
+        """The counts the manifest records, if the tables are still in the states they were counted in."""
+        manifest = self.read_manifest()
+        current = manifest.get("counts") and manifest.get("counts_at") == self.states()
+        return dict(manifest["counts"]) if current else None
 
     @guarded
     def upsert(self, name: str, rows: pa.Table, on: str | list[str] = "id") -> None:

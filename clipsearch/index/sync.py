@@ -23,20 +23,9 @@ from ..model.interface import EncoderLike
 from ..present.progress import counting_bar
 from ..sources.items import Item
 from .engines import Engine, LocalEngine
-from .plan import Plan, plan_sync, skip_row
-from .store import (
-    CAPTIONS,
-    IMAGES,
-    SKIPPED,
-    SKIPPED_SCHEMA,
-    Store,
-    captions_schema,
-    images_schema,
-    rows_to_table,
-    sql_in,
-    sql_quote,
-    vectors_of,
-)
+from .plan import STORED_COLUMNS, Plan, plan_sync, skip_row
+from .schema import SKIPPED_SCHEMA, captions_schema, images_schema, rows_to_table, vectors_of
+from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in, sql_quote
 
 WRITE_BATCH = 1024  # rows per LanceDB commit: bounded memory, few fragments
 # DataLoader workers are forked; they only decode pixels and never touch LanceDB,
@@ -45,6 +34,7 @@ warnings.filterwarnings("ignore", message="lancedb fork support is experimental"
 
 # Returns the index's encoder, loading the model on the first call.
 EncoderLoader = Callable[[], EncoderLike]
+_SKIP_COLUMNS = ["id", "size", "mtime", "reason"]
 
 
 @dataclass
@@ -68,6 +58,7 @@ class SyncStats:
     sync_seconds: float = 0.0  # the sync alone: planning, encoding, writing
     skipped_reasons: list[tuple[str, str]] = field(default_factory=list)
     written_keys: list[int] = field(default_factory=list)  # keys whose vector was (re)written: for the ANN update
+    changed_ids: list[str] = field(default_factory=list)  # rows changed or removed otherwise: for the rows file
 
     @property
     def images_per_s(self) -> float:
@@ -83,6 +74,7 @@ class SyncStats:
         data = asdict(self)
         data.pop("skipped_reasons")
         data.pop("written_keys")
+        data.pop("changed_ids")
         data["images_per_s"] = round(self.images_per_s, 2)
         return data
 
@@ -125,17 +117,23 @@ def sync_items(
     mark_missing: bool = True,
     engine: Engine | None = None,
     excluded: Callable[[str], bool] | None = None,
+    stored: pa.Table | None = None,
 ) -> SyncStats:
     """Make the index hold exactly `items` for `source`: encode what is new or changed.
     `load_encoder()` is called only when something must be encoded; `excluded(id)`: whether a stored
-    row missing from `items` was left out on purpose (counted as excluded, not deleted)."""
+    row missing from `items` was left out on purpose (counted as excluded, not deleted); `stored`: the
+    table's rows without vectors when the caller has them (the rows file), else they are read."""
     started = time.perf_counter()
     stats = SyncStats()
     engine = engine or LocalEngine(workers)  # the local engine unless a command chose another
     stats.engine, stats.actors = engine.name, engine.actors
     skipped: list[dict[str, Any]] = []
-    plan = plan_sync(store, items, source, skipped, mark_missing)
+    skips = _known_skips(store, source)
+    stored = stored.select(STORED_COLUMNS) if stored is not None else store.scan(IMAGES, STORED_COLUMNS)
+    plan = plan_sync(stored, skips, items, source, skipped, mark_missing)
     target = _Target(store, dim, load_encoder)
+    stats.changed_ids = [*plan.delete_ids, *plan.broken_ids, *plan.replaced_ids]
+    stats.changed_ids += [item.id for item in [*plan.touched, *plan.relabel]]
 
     # Cheap changes first (no pixels decoded); each is one atomic LanceDB commit.
     if plan.delete_ids or plan.broken_ids:
@@ -153,21 +151,28 @@ def sync_items(
     if plan.encode:
         _encode_and_write(target, plan, batch_size, engine, show_progress, stats, skipped)
     stats.new += sum(old == new for _, old, new in plan.reuse) - stats.moved  # a file back at its old path
-    earlier = store.scan(SKIPPED, ["id", "reason"], f"source = {sql_quote(source)}") if plan.still_skipped else None
     still = set(plan.still_skipped)
     stats.skipped_reasons = [
-        *((r["id"], r["reason"]) for r in (earlier.to_pylist() if earlier is not None else []) if r["id"] in still),
+        *((r["id"], r["reason"]) for r in skips.select(["id", "reason"]).to_pylist() if r["id"] in still),
         *((row["id"], row["reason"]) for row in skipped),
     ]
     stats.skipped = len(stats.skipped_reasons)
     # The skipped table keeps this source's unchanged failures and this run's new ones.
-    stale = f"source = {sql_quote(source)}" + (
-        f" AND NOT ({sql_in('id', plan.still_skipped)})" if plan.still_skipped else ""
-    )
-    store.delete(SKIPPED, stale)
+    if skips.num_rows > len(still):  # (a delete commits a new version even when it matches nothing)
+        stale = f"source = {sql_quote(source)}" + (f" AND NOT ({sql_in('id', plan.still_skipped)})" if still else "")
+        store.delete(SKIPPED, stale)
     store.add(SKIPPED, rows_to_table(skipped, SKIPPED_SCHEMA))
     stats.seconds = stats.sync_seconds = time.perf_counter() - started
     return stats
+
+
+def _known_skips(store: Store, source: str) -> pa.Table:
+    """This source's rows of the skipped table (id, size, mtime, reason); none read when the recorded
+    counts (current for these table versions) say the table is empty."""
+    counts = store.recorded_counts()
+    if counts is not None and counts.get("skipped") == 0:
+        return SKIPPED_SCHEMA.empty_table().select(_SKIP_COLUMNS)
+    return store.scan(SKIPPED, _SKIP_COLUMNS, f"source = {sql_quote(source)}")
 
 
 def _count_reuse_and_deletes(stats: SyncStats, plan: Plan, excluded: Callable[[str], bool] | None) -> None:

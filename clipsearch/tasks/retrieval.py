@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ClipsearchError
 from ..index.index import Index
-from ..index.store import vectors_of
+from ..index.schema import vectors_of
 from .metrics import retrieval_report
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)

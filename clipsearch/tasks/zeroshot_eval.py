@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..errors import ClipsearchError
 from ..index.index import Index
-from ..index.store import vectors_of
+from ..index.schema import vectors_of
 from ..model.interface import EncoderLike
 from ..sources.images import ImageDecodeError, open_uri
 from ..sources.items import class_display_name

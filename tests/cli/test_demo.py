@@ -19,7 +19,7 @@ from PIL import Image
 
 from clipsearch.cli.app import main
 from clipsearch.index.index import Index
-from clipsearch.index.store import vectors_of
+from clipsearch.index.schema import vectors_of
 from clipsearch.sources.shapes import shapes_meta
 from clipsearch.tasks.prompts import default_templates, resolve_labels, resolve_templates
 

@@ -180,7 +180,7 @@ def test_approximate_index_updated_in_place_keeps_its_recall(tmp_path: Path, mon
     incremental = _recall(index, queries)
 
     rebuilt = Index.open("vectors", tmp_path)
-    rebuilt.rebuild_ann()
+    rebuilt.rebuild_derived()
     assert abs(incremental - _recall(rebuilt, queries)) <= 0.03 and incremental >= 0.9
 
     # Grown past 4x its training set (2,300 rows when rebuilt): retrained, once.

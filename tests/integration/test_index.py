@@ -282,8 +282,8 @@ def test_interrupted_run_is_usable_and_resumes(tmp_path: Path, tiny_encoder, mon
 
     reopened = Index.open("photos", tmp_path / "indexes", encoder=tiny_encoder)
     assert reopened.counts()["images"] == 4
-    # The manifest's counts were cleared when the write began: `list` counts the table instead.
-    assert reopened.manifest["counts"] is None and reopened.counts(recorded=True)["images"] == 4
+    # The recorded counts are of the table versions before the write: not trusted, the table is counted instead.
+    assert reopened.store.recorded_counts() is None
     hits = reopened.search("a dog", k=10)
     assert_same_ranking(
         [(h.id, h.score) for h in hits], brute_force(live_rows(reopened.store.path), reopened.query_vector("a dog"), 10)
@@ -363,7 +363,7 @@ def test_prune_removes_deleted_rows_and_the_faiss_file_follows(index: Index, fol
     assert index.prune() == 3
     kept = sorted(set(NAMES) - set(gone))
     assert sorted(_vectors_by_id(index, include_deleted=True)) == kept  # gone from the table itself
-    assert index.counts() == index.counts(recorded=True) == {"images": 7, "deleted": 0, "skipped": 0, "captions": 0}
+    assert index.counts() == index.store.recorded_counts() == {"images": 7, "deleted": 0, "skipped": 0, "captions": 0}
     assert _faiss_keys(index) == {row["key"] for row in live_rows(index.store.path)}
     manifest = json.loads((index.store.path / "manifest.json").read_text())
     assert manifest["ann"]["table_version"] == index.store.version()  # the FAISS file is current, not rebuilt later

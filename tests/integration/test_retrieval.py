@@ -22,7 +22,8 @@ from cli_runner import run_cli
 from PIL import Image
 
 from clipsearch.index.index import Index
-from clipsearch.index.store import CAPTIONS, IMAGES, captions_schema, rows_to_table, sql_in
+from clipsearch.index.schema import captions_schema, rows_to_table
+from clipsearch.index.store import CAPTIONS, IMAGES, sql_in
 from clipsearch.sources.shapes import generate_shapes
 from clipsearch.tasks.retrieval import report_from_vectors
 

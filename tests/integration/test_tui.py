@@ -19,7 +19,7 @@ from rich.console import Console
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.index.index import Index
-from clipsearch.index.store import vectors_of
+from clipsearch.index.schema import vectors_of
 from clipsearch.sources.images import open_uri
 from clipsearch.sources.shapes import generate_shapes
 from clipsearch.tui.actions import (

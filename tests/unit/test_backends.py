@@ -2,7 +2,8 @@
 vectors within the fidelity bounds, indexes that answer queries from the other backend, the
 numpy preprocessing equal to open_clip's transform, `auto`'s choice, and int8's refusal.
 
-With an export cached, queries import no torch (issue 11, part 2): checked with `sys.modules` in a
+With an export cached, queries import no torch (issue 11, part 2), nor lancedb (the hits' rows come
+from the rows file, the table version from its folder): checked with `sys.modules` in a
 fresh interpreter. Exports take seconds each, so each one is made once per session in a shared cache."""
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ for args in json.loads(os.environ["COMMANDS"]):
         except SystemExit as stop:
             assert not stop.code, stop.code
     reports.append(json.loads(out.getvalue()))
-print(json.dumps({"hits": reports, "heavy": [m for m in ("torch", "open_clip", "torchvision") if m in sys.modules]}))
+heavy = [m for m in ("torch", "open_clip", "torchvision", "lancedb") if m in sys.modules]
+print(json.dumps({"hits": reports, "heavy": heavy}))
 """
 MIN_COSINE = {"fp32": 0.9999, "int8": export.INT8_MIN_COSINE}
 TEXTS = ["a dog", "a red car on a street", "zwei Katzen 🐱🐱", "blue", "the quick brown fox " * 10]

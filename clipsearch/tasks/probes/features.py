@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from ...errors import ClipsearchError
 from ...index.index import Index
-from ...index.store import vectors_of
+from ...index.schema import vectors_of
 from ..metrics import classification_report
 from ..prompts import default_templates, resolve_labels
 from ..zeroshot import label_indices
