@@ -58,7 +58,7 @@ def rss_mb() -> float:
 
 def run(n: int, work: Path) -> dict:
     from clipsearch.index import ann
-    from clipsearch.index.imported import Embeddings, import_vectors
+    from clipsearch.index.imported import Embeddings
     from clipsearch.index.index import Index
     from clipsearch.index.store import IMAGES, sql_in
     from clipsearch.index.sync import SyncStats
@@ -121,7 +121,7 @@ def run(n: int, work: Path) -> dict:
 
         embeddings = Embeddings.from_arrays(extra, pa.table({"id": [f"extra-{seed}-{i}" for i in range(m)]}))
         t = time.perf_counter()
-        index.write_rows(lambda: import_vectors(index.store, embeddings, "import:bench", DIM), "import:bench")
+        index.add_embeddings(embeddings, "import:bench")
         return time.perf_counter() - t
 
     add1, add100 = timed_import(1, 11), timed_import(100, 12)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..api import Index
 from ..errors import ClipsearchError
-from ..index.imported import embedding_files, file_dim, import_vectors, model_dim, read_embeddings
+from ..index.imported import embedding_files, file_dim, model_dim, read_embeddings
 from ..model.spec import ModelSpec
 from .common import PretrainedOpt, RootOpt, out
 
@@ -40,7 +40,7 @@ def import_cmd(
     if int(index.manifest["dim"]) != dim:
         raise ClipsearchError(f"index '{name}' holds {index.manifest['dim']}-d vectors, not {dim}-d")
     source = f"import:{Path(vectors).expanduser().resolve()}"
-    stats = index.write_rows(lambda: import_vectors(index.store, embeddings, source, dim), source).from_process_start()
+    stats = index.add_embeddings(embeddings, source).from_process_start()
     if as_json:
         out.print_json(json.dumps({**stats.to_dict(), "index": index.name, "rows": len(embeddings)}))
         return

@@ -22,7 +22,7 @@ from . import ann
 from .ann_file import FAISS_FILE, load_recorded
 from .index import Index
 from .integrity import damage_message, error_summary
-from .rows_file import ROWS_FILE
+from .rows_file import ROWS_FILE, RowsFile, row_columns
 from .schema import vectors_of
 from .store import CAPTIONS, IMAGES, SKIPPED, Store, sql_in
 
@@ -78,7 +78,7 @@ def inspect(path: Path) -> CheckReport:
     if images is not None:
         report.problems += _vector_problems(store, IMAGES, dim) + _image_problems(images, store.recorded_counts())
         report.problems += _key_index_problems(store, images)
-        report.problems += _faiss_problems(store, images, manifest)
+        report.problems += _faiss_problems(store, images, manifest) + _rows_file_problems(store)
     if captions is not None:
         report.problems += _vector_problems(store, CAPTIONS, dim)
         if images is not None:
@@ -149,6 +149,14 @@ def _key_index_problems(store: Store, images: pa.Table) -> list[str]:
     except Exception as error:
         return [f"table {IMAGES}: the BTree index on key is broken ({error_summary(error)})"]
     return [] if found == 1 else [f"table {IMAGES}: the BTree index on key finds {found} rows for key {key}"]
+
+
+def _rows_file_problems(store: Store) -> list[str]:
+    """A rows file the manifest vouches for holds the table's rows (one not vouched for is never read)."""
+    rows = RowsFile(store).current()
+    if rows is None or rows.equals(store.scan(IMAGES, row_columns(store)).sort_by("key")):
+        return []
+    return [f"{ROWS_FILE}: its rows differ from the table's"]
 
 
 def _faiss_problems(store: Store, images: pa.Table, manifest: dict[str, Any]) -> list[str]:

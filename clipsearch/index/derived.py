@@ -18,12 +18,12 @@ class DerivedFiles:
     def __init__(self, store: Store, dim: int):
         self.store, self.ann, self.rows = store, AnnFile(store, dim), RowsFile(store)
 
-    def update(self, written_keys: Sequence[int], changed_ids: Sequence[str], version_before: int) -> dict:
+    def update(self, written_keys: Sequence[int], changed_keys: Sequence[int], version_before: int) -> dict:
         """After a write (under the writer lock): compaction, then both files and the counts brought up to
         the table; returns the updated manifest."""
         self.store.compact()
         self.ann.update(list(written_keys), version_before)
-        return self.rows.refresh(changed_ids, written_keys, version_before)
+        return self.rows.refresh([*written_keys, *changed_keys], version_before)
 
     def rebuild(self) -> dict:
         """Both files built from the table (the source of truth); returns the updated manifest."""

@@ -240,15 +240,18 @@ def rows_table(vectors: np.ndarray, meta: pa.Table, ids: pa.Array, keys: np.ndar
     return pa.table(full, schema=schema)
 
 
-def import_vectors(store: Store, embeddings: Embeddings, source: str, dim: int) -> SyncStats:
+def import_vectors(
+    store: Store, embeddings: Embeddings, source: str, dim: int, stored: pa.Table | None = None
+) -> SyncStats:
     """Write the rows a batch at a time (an id already stored keeps its key and gets the new vector);
-    `written_keys` for the ANN."""
+    `written_keys` for the ANN. `stored`: the table's rows (`id`, `key`) when the caller has them (the rows
+    file), else they are read."""
     started = time.perf_counter()
     stats = SyncStats()
     ids = embeddings.ids(source)
     if pc.count_distinct(ids).as_py() != len(ids):
         raise ClipsearchError("the imported ids are not unique (give the metadata an 'id' column)")
-    stored = store.scan(IMAGES, ["id", "key"])
+    stored = stored.select(["id", "key"]) if stored is not None else store.scan(IMAGES, ["id", "key"])
     pos = pc.index_in(ids, value_set=stored.column("id")).fill_null(-1).to_numpy(zero_copy_only=False)
     next_key = int(pc.max(stored.column("key")).as_py()) + 1 if stored.num_rows else 0
     new = pos < 0

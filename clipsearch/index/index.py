@@ -24,6 +24,7 @@ from ..sources.folder import scan_annotated
 from ..sources.items import Item
 from . import ann
 from .derived import DerivedFiles
+from .imported import Embeddings, import_vectors
 from .integrity import check_architecture
 from .query import Hit, caption_hits, check_k, embed_query, image_hits, nearest_keys, parse_query
 from .schema import captions_schema, vectors_of
@@ -148,6 +149,13 @@ class Index:
 
         return self.write_rows(write, source, prune)
 
+    def add_embeddings(self, embeddings: Embeddings, source: str) -> SyncStats:
+        """Add precomputed unit vectors (`clipsearch import`): new ids get new keys, stored ids new vectors."""
+        dim = int(self.manifest["dim"])
+        return self.write_rows(
+            lambda: import_vectors(self.store, embeddings, source, dim, stored=self._derived.rows.current()), source
+        )
+
     def write_rows(self, write: Callable[[], SyncStats], source: str, prune: bool = False) -> SyncStats:
         """`write` (a sync, an import) under the writer lock; then its source, compaction, the FAISS update."""
         with self.store.writer_lock():
@@ -157,9 +165,9 @@ class Index:
             made = {"encoder": backend_info(self._encoder)} if self._encoder else {}  # how these vectors were made
             self.manifest = self.store.update_manifest(sources=sources, **made)
             if prune:
-                stats.changed_ids += self._prune()
+                stats.changed_keys += self._prune()
             if self.store.states() != states_before or not self._derived.current():
-                self.manifest = self._derived.update(stats.written_keys, stats.changed_ids, version_before)
+                self.manifest = self._derived.update(stats.written_keys, stats.changed_keys, version_before)
         return stats
 
     def add_folder(
@@ -217,14 +225,14 @@ class Index:
             self.manifest = self._derived.update([], gone, version_before)
         return len(gone)
 
-    def _prune(self) -> list[str]:
-        """Delete the rows marked deleted and their captions; returns their ids."""
-        gone = self.store.scan(IMAGES, ["id"], DELETED_ROWS).column("id").to_pylist()
-        for clause in sql_in_chunks("image_id", gone):
+    def _prune(self) -> list[int]:
+        """Delete the rows marked deleted and their captions; returns their keys."""
+        gone = self.store.scan(IMAGES, ["id", "key"], DELETED_ROWS)
+        for clause in sql_in_chunks("image_id", gone.column("id").to_pylist()):
             self.store.delete(CAPTIONS, clause)
-        if gone:
+        if gone.num_rows:
             self.store.delete(IMAGES, DELETED_ROWS)
-        return gone
+        return gone.column("key").to_pylist()
 
     # -- the FAISS index ---------------------------------------------------------
     @property

@@ -44,6 +44,7 @@ class Plan:
     delete_ids: list[str] = field(default_factory=list)  # rows of this source gone from disk
     replaced_ids: list[str] = field(default_factory=list)  # rows taken over by a move
     keys: dict[str, int] = field(default_factory=dict)  # item id -> key, for the items written
+    changed_keys: list[int] = field(default_factory=list)  # stored rows changed in place or marked deleted
     unchanged: int = 0  # includes the touched ones
     still_skipped: list[str] = field(default_factory=list)  # unchanged files that failed before
 
@@ -129,6 +130,7 @@ def plan_sync(
     kept = np.flatnonzero(same_file)
     plan.unchanged = len(kept)
     plan.relabel = [items[i] for i in kept[~same_meta[kept]]]
+    plan.changed_keys = key[pos[kept[~same_meta[kept]]]].tolist()
     changed = np.flatnonzero(live & ~skip & ~same_file)
     _plan_touched(plan, [items[i] for i in changed], key[pos[changed]], content_hash[pos[changed]], skipped)
     plan.relabel += [item for item, i in zip(plan.touched, changed[plan.touched_at]) if not same_meta[i]]
@@ -142,9 +144,10 @@ def plan_sync(
         next_key = int(key.max()) + 1 if stored.num_rows else 0
         _plan_by_content(plan, stored, gone, hashed, stored_key, next_key)
     if mark_missing:
-        missing = stored.filter(pa.array(~deleted[:-1] & from_source & ~in_items)).column("id").to_pylist()
+        missing = stored.filter(pa.array(~deleted[:-1] & from_source & ~in_items)).select(["id", "key"])
         replaced = set(plan.replaced_ids)
-        plan.delete_ids = [image_id for image_id in missing if image_id not in replaced]
+        plan.delete_ids = [image_id for image_id in missing.column("id").to_pylist() if image_id not in replaced]
+        plan.changed_keys += missing.column("key").to_pylist()
     return plan
 
 
@@ -156,6 +159,7 @@ def _plan_touched(
     readable = {item.id for item in fill_hashes(changed, skipped)}  # (a dataset's items come with their hash)
     for at, (item, key, stored_hash) in enumerate(zip(changed, keys, hashes)):
         plan.keys[item.id] = int(key)
+        plan.changed_keys.append(int(key))
         if item.id not in readable:
             plan.broken_ids.append(item.id)  # was readable, is not now: its old vector must go
         elif stored_hash and stored_hash == item.content_hash:

@@ -58,7 +58,7 @@ class SyncStats:
     sync_seconds: float = 0.0  # the sync alone: planning, encoding, writing
     skipped_reasons: list[tuple[str, str]] = field(default_factory=list)
     written_keys: list[int] = field(default_factory=list)  # keys whose vector was (re)written: for the ANN update
-    changed_ids: list[str] = field(default_factory=list)  # rows changed or removed otherwise: for the rows file
+    changed_keys: list[int] = field(default_factory=list)  # rows changed or removed otherwise: for the rows file
 
     @property
     def images_per_s(self) -> float:
@@ -74,7 +74,7 @@ class SyncStats:
         data = asdict(self)
         data.pop("skipped_reasons")
         data.pop("written_keys")
-        data.pop("changed_ids")
+        data.pop("changed_keys")
         data["images_per_s"] = round(self.images_per_s, 2)
         return data
 
@@ -132,8 +132,7 @@ def sync_items(
     stored = stored.select(STORED_COLUMNS) if stored is not None else store.scan(IMAGES, STORED_COLUMNS)
     plan = plan_sync(stored, skips, items, source, skipped, mark_missing)
     target = _Target(store, dim, load_encoder)
-    stats.changed_ids = [*plan.delete_ids, *plan.broken_ids, *plan.replaced_ids]
-    stats.changed_ids += [item.id for item in [*plan.touched, *plan.relabel]]
+    stats.changed_keys = plan.changed_keys
 
     # Cheap changes first (no pixels decoded); each is one atomic LanceDB commit.
     if plan.delete_ids or plan.broken_ids:

@@ -10,6 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pytest
 from cli_runner import run_cli, run_json
 from index_helpers import GOOD, build_clean_indexes, private_root
@@ -71,7 +73,20 @@ REPAIRABLE = {
         "not a file",
     ),
     "counts wrong": (lambda r: _edit_manifest(r, counts={"images": 99}), "counts"),
+    "rows file altered": (lambda r: _alter_rows_file(r / "photos" / "images.rows.arrow"), "images.rows.arrow"),
 }
+
+
+def _alter_rows_file(path: Path) -> None:
+    """Another uri in the first row, in a file the manifest vouches for (its new size recorded)."""
+    rows = ipc.open_file(pa.memory_map(str(path))).read_all()
+    uris = rows.column("uri").to_pylist()
+    uris[0] = uris[0][:-5] + ("X" if uris[0][-5] != "X" else "Y") + uris[0][-4:]
+    altered = rows.set_column(rows.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
+    with ipc.new_file(str(path), altered.schema) as writer:
+        writer.write_table(altered)
+    record = json.loads((path.parent / "manifest.json").read_text())["rows"]
+    _edit_manifest(path.parent.parent, rows={**record, "bytes": path.stat().st_size})
 
 
 def _edit_manifest(root: Path, **changes: object) -> None:
@@ -171,7 +186,7 @@ def test_a_torn_or_missing_delta_file_is_detected_never_loaded_and_repaired(
     import pyarrow as pa
 
     from clipsearch.index import ann_delta
-    from clipsearch.index.imported import Embeddings, import_vectors
+    from clipsearch.index.imported import Embeddings
     from clipsearch.index.index import Index
 
     monkeypatch.setattr(ann_delta, "FULL_SAVE_BYTES", 0)  # this small index writes deltas too
@@ -181,7 +196,7 @@ def test_a_torn_or_missing_delta_file_is_detected_never_loaded_and_repaired(
     delta = index.store.path / ann_delta.DELTA_FILE
     for rows, ids in ((vectors[:300], range(300)), (vectors[300:], ["added"]), (-vectors[:1], ["0"])):
         embeddings = Embeddings.from_arrays(rows, pa.table({"id": [str(i) for i in ids]}))
-        index.write_rows(lambda e=embeddings: import_vectors(index.store, e, "import:t", 32), "import:t")
+        index.add_embeddings(embeddings, "import:t")
         if delta.is_file() and not delta.with_suffix(".old").exists():
             shutil.copy(delta, delta.with_suffix(".old"))
     assert index.manifest["ann"]["delta"]["added"] == 2 and check(tmp_path)[0] == 0

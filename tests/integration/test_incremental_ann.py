@@ -18,7 +18,7 @@ from search_reference import live_rows
 
 from clipsearch.files import file_digest
 from clipsearch.index import ann, ann_delta
-from clipsearch.index.imported import Embeddings, import_vectors
+from clipsearch.index.imported import Embeddings
 from clipsearch.index.index import Index
 from clipsearch.index.store import IMAGES, sql_in
 from clipsearch.index.sync import SyncStats
@@ -146,7 +146,7 @@ def _import(index: Index, vectors: np.ndarray, ids: list[str]) -> SyncStats:
     import pyarrow as pa
 
     embeddings = Embeddings.from_arrays(vectors, pa.table({"id": ids}))
-    return index.write_rows(lambda: import_vectors(index.store, embeddings, "import:test", DIM), "import:test")
+    return index.add_embeddings(embeddings, "import:test")
 
 
 def _delete(index: Index, ids: list[str]) -> None:

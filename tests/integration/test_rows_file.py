@@ -19,7 +19,8 @@ import pytest
 from imagegen import write_distinct_images
 
 from clipsearch import api
-from clipsearch.index.imported import Embeddings, import_vectors
+from clipsearch.index import rows_file
+from clipsearch.index.imported import Embeddings
 from clipsearch.index.lance_folder import table_version
 from clipsearch.index.rows_file import ROWS_FILE, RowsFile
 
@@ -74,8 +75,7 @@ def test_the_rows_file_follows_every_kind_of_write(index: api.Index, tmp_path: P
     vectors = np.random.default_rng(0).normal(size=(5, index.manifest["dim"])).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     embeddings = Embeddings.from_arrays(vectors, pa.table({"id": [f"emb{i}" for i in range(5)]}))
-    dim = int(index.manifest["dim"])
-    index.write_rows(lambda: import_vectors(index.store, embeddings, "import:test", dim), "import:test")
+    index.add_embeddings(embeddings, "import:test")
     assert_current(index)
 
 
@@ -162,3 +162,24 @@ def test_the_table_version_read_from_its_folder_is_lancedb_s(tmp_path: Path) -> 
     assert table_version(tmp_path / "nothing") is None
     (folder / "_versions" / "3.manifest").write_bytes(b"")  # two naming schemes at once: not guessed
     assert table_version(folder) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_merge_of_slices_equals_a_sort(seed: int) -> None:
+    """`_merge` (kept rows as slices, fresh rows in between) against concatenating and sorting."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 40))
+    keys = np.sort(rng.choice(200, size=n, replace=False)).astype(np.int64)
+    rows = pa.table({"key": keys, "id": [f"k{k}" for k in keys]})
+    gone = np.sort(rng.choice(n, size=int(rng.integers(0, n + 1)), replace=False)) if n else np.zeros(0, np.int64)
+    free = np.setdiff1d(np.arange(200), np.delete(keys, gone))
+    fresh_keys = np.sort(rng.choice(free, size=int(rng.integers(0, 15)), replace=False)).astype(np.int64)
+    fresh = pa.table({"key": fresh_keys, "id": [f"new{k}" for k in fresh_keys]})
+    expected = pa.concat_tables([rows.take(pa.array(np.delete(np.arange(n), gone), pa.int64())), fresh])
+    expected = expected.sort_by("key").to_pylist()
+    for pieces in (rows_file.MAX_MERGED_PIECES, 0):  # slices, then the sort a large change takes
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rows_file, "MAX_MERGED_PIECES", pieces)
+            merged, merged_keys = rows_file._merge(rows, keys, gone.astype(np.int64), fresh)
+        assert merged.to_pylist() == expected
+        assert merged_keys.tolist() == [row["key"] for row in expected]
