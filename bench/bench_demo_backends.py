@@ -22,7 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipsearch.model.backends import cpu_has_native_bf16
+
 VARIANTS = [("torch", "fp32"), ("openvino", "fp32"), ("onnx", "fp32"), ("openvino", "int8"), ("onnx", "int8")]
+NATIVE_BF16_VARIANTS = [("openvino", "bf16")]  # measured where the CPU computes bf16 natively (what `auto` picks there)
 TOLERANCE_POINTS = 0.5
 
 
@@ -65,7 +68,8 @@ def main() -> None:
     os.environ["HF_HOME"] = str(args.hf_home or tempfile.mkdtemp(prefix="clipsearch-demo-exports-"))
     print(f"cores {len(os.sched_getaffinity(0))}, load {os.getloadavg()[0]:.2f}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="clipsearch-demo-backends-"))
-    results = [evaluate(args.demo, root, backend, precision) for backend, precision in VARIANTS]
+    variants = VARIANTS + (NATIVE_BF16_VARIANTS if cpu_has_native_bf16() else [])
+    results = [evaluate(args.demo, root, backend, precision) for backend, precision in variants]
     reference = results[0]
     for result in results:
         if "error" in result:

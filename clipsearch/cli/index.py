@@ -40,7 +40,7 @@ def index_cmd(
     precision: Optional[str] = PrecisionOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=0, help="Decoding processes (default: cores - 1, at most 4)."
+        None, "--workers", min=0, help="Decoding processes (default: one per core, at most 4)."
     ),
     engine: str = typer.Option("local", "--engine", help="Where images are encoded: local (this process) or ray."),
     ray_address: Optional[str] = typer.Option(

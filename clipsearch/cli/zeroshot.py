@@ -143,7 +143,7 @@ def eval_zeroshot_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch when re-encoding (--corruption)."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=0, help="Decoding processes when re-encoding (default: cores - 1, at most 4)."
+        None, "--workers", min=0, help="Decoding processes when re-encoding (default: one per core, at most 4)."
     ),
     model: Optional[str] = ModelOpt,
     pretrained: Optional[str] = PretrainedOpt,
