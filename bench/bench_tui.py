@@ -5,7 +5,7 @@
 
 What is timed is `clipsearch.tui.actions.run_query`, the exact call the TUI's search worker makes
 once the model is warm: query parsing + text encoding + FAISS search + fetching the hit
-rows from LanceDB. Its parts are timed apart too (encoding alone; search + row fetch
+rows (from the rows file). Its parts are timed apart too (encoding alone; search + row fetch
 from a given vector; the FAISS search alone), and, with `--ui`, the round trip in the app itself (Textual's
 headless pilot: enter pressed -> results listed), which adds the UI's own work. `--quit` times what a user
 waits for after `escape q`: `clipsearch tui` run in a pseudo-terminal, from q pressed to the process gone,

@@ -1,9 +1,11 @@
 """What a write derives from the tables, kept together: compaction, the FAISS file (ann_file.py), the
-rows file (rows_file.py) and the counts, each recorded in the manifest with the table version it holds."""
+rows file (rows_file.py) and the counts, each recorded in the manifest with the table version it holds.
+A write that changed no table (an unchanged re-index) finds them current and leaves them alone."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -18,14 +20,14 @@ class DerivedFiles:
     def __init__(self, store: Store, dim: int):
         self.store, self.ann, self.rows = store, AnnFile(store, dim), RowsFile(store)
 
-    def update(self, written_keys: Sequence[int], changed_keys: Sequence[int], version_before: int) -> dict:
+    def update(self, written_keys: Sequence[int], changed_keys: Sequence[int], version_before: int) -> dict[str, Any]:
         """After a write (under the writer lock): compaction, then both files and the counts brought up to
         the table; returns the updated manifest."""
         self.store.compact()
         self.ann.update(list(written_keys), version_before)
         return self.rows.refresh([*written_keys, *changed_keys], version_before)
 
-    def rebuild(self) -> dict:
+    def rebuild(self) -> dict[str, Any]:
         """Both files built from the table (the source of truth); returns the updated manifest."""
         self.ann.rebuild()
         return self.rows.rebuild()

@@ -157,7 +157,7 @@ class Index:
         )
 
     def write_rows(self, write: Callable[[], SyncStats], source: str, prune: bool = False) -> SyncStats:
-        """`write` (a sync, an import) under the writer lock; then its source, compaction, the FAISS update."""
+        """`write` (a sync, an import) under the writer lock; its source; the derived files if a table changed."""
         with self.store.writer_lock():
             states_before, version_before = self.store.states(), self.store.version()
             stats = write()
