@@ -19,16 +19,8 @@ from ..files import file_digest
 from ..sources.items import Item
 
 _META_COLUMNS = ["split", "label", "label_name", "captions"]
-STORED_COLUMNS = [
-    "id",
-    "key",
-    "size",
-    "mtime",
-    "content_hash",
-    "deleted",
-    "source",
-    *_META_COLUMNS,
-]  # what a plan reads
+# What a plan reads of the stored rows.
+STORED_COLUMNS = ["id", "key", "size", "mtime", "content_hash", "deleted", "source", *_META_COLUMNS]
 _CAPTION_SEP = "\x1f"  # joins a row's captions into one string for a vectorised comparison
 
 

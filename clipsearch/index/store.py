@@ -153,7 +153,7 @@ class Store:
                 raise ClipsearchError(
                     f"index {self.path.name} is being written by another process; try again when it finishes"
                 ) from None
-            try:  # (recorded counts need no reset: they are trusted only at the versions they were counted at)
+            try:  # (recorded counts need no reset: they are trusted only in the table states they were counted in)
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
